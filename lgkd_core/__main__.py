@@ -1,0 +1,3 @@
+from lgkd_core.cli import main
+
+raise SystemExit(main())
