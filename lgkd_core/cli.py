@@ -1,0 +1,256 @@
+"""``python -m lgkd_core {synthesize,download,prepare,train,evaluate,report}``: what the rules call."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``key=value`` pairs; values parsed as YAML scalars (numbers, booleans, null)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+# -- synthesize ------------------------------------------------------------------------------
+def _add_synthesize(sub) -> None:
+    p = sub.add_parser("synthesize", help="generate the embedded offline dataset (VOC layout)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=1000, help="number of training images")
+    p.add_argument("--val", type=int, default=300, help="number of validation images")
+    p.add_argument("--size", type=int, default=96, help="image side in pixels")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    p.set_defaults(func=_run_synthesize)
+
+
+def _run_synthesize(args) -> int:
+    from lgkd_core.data.synthetic import synthesize
+
+    synthesize(args.out, args.seed, args.train, args.val, args.size, workers=args.workers)
+    return 0
+
+
+# -- download --------------------------------------------------------------------------------
+def _add_download(sub) -> None:
+    from lgkd_core.data import download
+
+    p = sub.add_parser("download", help="download and extract VOC (+SBD masks) or ADE20k")
+    download.add_arguments(p)
+    p.set_defaults(func=download.run)
+
+
+# -- prepare ---------------------------------------------------------------------------------
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="write the per-step image id lists of a task")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--out-dir", required=True, type=Path)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overlap", dest="overlap", action="store_true", default=True)
+    g.add_argument("--disjoint", dest="overlap", action="store_false")
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from lgkd_core.data.splits import prepare_splits
+
+    counts = prepare_splits(
+        args.dataset, args.task, args.data_root, args.out_dir, args.overlap, args.workers
+    )
+    logging.getLogger("lgkd_core.prepare").info("images per step: %s", counts)
+    return 0
+
+
+# -- train -----------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train one incremental step (works under torchrun)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--step", required=True, type=int)
+    p.add_argument("--method", required=True)
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="step folder; model.pt goes there")
+    p.add_argument("--splits", type=Path, help="folder with step{s}-train.txt lists")
+    p.add_argument("--teacher", type=Path, help="model.pt of the previous step")
+    p.add_argument("--state-dir", type=Path, help="epoch checkpoints (default OUT/state)")
+    p.add_argument("--pretrained", type=Path, help="ImageNet backbone weights (step 0)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=24, help="global batch over all processes")
+    p.add_argument("--lr", type=float, help="default: 0.01/0.001 (VOC), 0.02/0.002 (ADE)")
+    p.add_argument("--crop-size", type=int, default=512)
+    p.add_argument("--backbone", default="resnet101")
+    p.add_argument("--head-channels", type=int, default=256)
+    p.add_argument("--norm", default="auto", help="auto, abn, iabn, iabn_sync, bn")
+    p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
+    p.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"))
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=42)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overlap", dest="overlap", action="store_true", default=True)
+    g.add_argument("--disjoint", dest="overlap", action="store_false")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="iterations (0: every epoch)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
+    p.add_argument("--no-deterministic", dest="deterministic", action="store_false")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a method setting, e.g. --set prev_kd=5 --set pod_factor=0.001",
+    )
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from lgkd_core.engine.trainer import TrainConfig, train
+
+    cfg = TrainConfig(
+        dataset=args.dataset,
+        task=args.task,
+        step=args.step,
+        method=args.method,
+        data_root=args.data_root,
+        out=args.out,
+        splits=args.splits,
+        teacher=args.teacher,
+        state_dir=args.state_dir,
+        pretrained=args.pretrained,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        crop_size=args.crop_size,
+        backbone=args.backbone,
+        head_channels=args.head_channels,
+        norm=args.norm,
+        output_stride=args.output_stride,
+        amp=args.amp,
+        workers=args.workers,
+        seed=args.seed,
+        overlap=args.overlap,
+        method_overrides=_parse_set(args.set),
+        checkpoint_every=args.checkpoint_every,
+        deterministic=args.deterministic,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        device=args.device,
+        log_every=args.log_every,
+        tensorboard=args.tensorboard,
+    )
+    train(cfg)
+    return 0
+
+
+# -- evaluate --------------------------------------------------------------------------------
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a step model; writes metrics.json")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--step", required=True, type=int)
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--splits", type=Path)
+    p.add_argument("--crop-size", type=int, default=512, help="0: full images, batch 1")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--backbone", help="for files that do not record it (reference checkpoints)")
+    p.add_argument("--output-stride", type=int, choices=(8, 16))
+    p.add_argument("--head-channels", type=int)
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from lgkd_core.engine.evaluate import evaluate
+
+    arch = {
+        k: v
+        for k, v in (
+            ("backbone", args.backbone),
+            ("output_stride", args.output_stride),
+            ("head_channels", args.head_channels),
+        )
+        if v is not None
+    }
+    evaluate(
+        args.dataset,
+        args.task,
+        args.step,
+        args.data_root,
+        args.model,
+        args.out,
+        splits=args.splits,
+        crop_size=args.crop_size or None,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        arch=arch,
+    )
+    return 0
+
+
+# -- report ----------------------------------------------------------------------------------
+def _add_report(sub) -> None:
+    from lgkd_core import report
+
+    p = sub.add_parser("report", help="tables and plots from metrics.json files")
+    report.add_arguments(p)
+    p.set_defaults(func=report.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lgkd_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_synthesize,
+        _add_download,
+        _add_prepare,
+        _add_train,
+        _add_evaluate,
+        _add_report,
+    ):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input (data layout, config, checkpoint): one clear line, no traceback.
+        logging.getLogger("lgkd_core").error("%s", exc)
+        return 2

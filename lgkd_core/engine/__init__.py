@@ -1,0 +1,1 @@
+"""Training and evaluation engine: distributed setup, checkpoints, the training loop, evaluation."""

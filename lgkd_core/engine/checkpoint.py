@@ -1,0 +1,148 @@
+"""Atomic files, the step model file (``model.pt``) and the epoch checkpoints under ``state/``.
+
+Every load goes through ``torch.load(..., weights_only=True)``: a file can hold tensors and plain
+containers, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "lgkd-model/1"
+STATE_FORMAT = "lgkd-state/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, truncated, or does not fit the task."""
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """Stable short digest of a JSON-serialisable configuration."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` restricted to tensors and plain containers; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains Python objects other than tensors and "
+                f"plain containers (loading it could run code). Re-save it as a plain state_dict. "
+                f"({msg})"
+            ) from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {msg}") from exc
+
+
+def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict:
+    """Drop a DataParallel/DDP ``module.`` prefix from every key that has it."""
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def save_model_file(path: Path, model_state: Mapping[str, torch.Tensor], meta: dict) -> None:
+    """Write a step's final model: weights, class layout, task, step, method, config digest."""
+    payload = {"format": MODEL_FORMAT, **meta, "model_state": dict(model_state)}
+    atomic_torch_save(payload, path)
+
+
+def load_model_file(path: Path) -> dict:
+    """Read a ``model.pt``, or a reference-format checkpoint (``model_state`` with ``module.``).
+
+    Returns a dict with at least ``model_state`` (keys without ``module.``); metadata keys are
+    present for files written by this project.
+    """
+    payload = safe_load(path)
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dictionary")
+    if payload.get("format") == MODEL_FORMAT:
+        return payload
+    for key in ("model_state", "state_dict", "model"):
+        if key in payload and isinstance(payload[key], Mapping):
+            return {"format": "reference", "model_state": strip_prefix(payload[key])}
+    if all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return {"format": "state_dict", "model_state": strip_prefix(payload)}
+    raise CheckpointError(
+        f"{path} is neither an lgkd model file nor a reference checkpoint "
+        f"(top-level keys: {sorted(payload)[:8]})"
+    )
+
+
+class StateStore:
+    """Epoch/iteration checkpoints of one training job, newest last; keeps ``keep`` files."""
+
+    def __init__(self, directory: Path, keep: int = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def _files(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob("ckpt-*.pt"))
+
+    def save(self, global_iter: int, state: dict) -> Path:
+        path = self.directory / f"ckpt-{global_iter:09d}.pt"
+        atomic_torch_save({"format": STATE_FORMAT, **state}, path)
+        for old in self._files()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> tuple[Path, dict] | None:
+        """The newest readable checkpoint; corrupt ones are reported and skipped."""
+        for path in reversed(self._files()):
+            try:
+                state = safe_load(path)
+                if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+                    raise CheckpointError(f"{path} is not an lgkd training state")
+                return path, state
+            except CheckpointError as exc:
+                log.warning("skipping unusable checkpoint %s: %s", path, exc)
+        return None
+
+    def clear(self) -> None:
+        for path in self._files():
+            path.unlink(missing_ok=True)

@@ -1,0 +1,109 @@
+"""Evaluation of a step model on the validation images of its step; writes ``metrics.json``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from lgkd_core.engine import distributed as D
+from lgkd_core.engine.checkpoint import atomic_write_json
+from lgkd_core.engine.inputs import eval_loader, to_device
+from lgkd_core.engine.teacher import build_from_file
+from lgkd_core.engine.trainer import resolve_norm
+from lgkd_core.metrics import ConfusionMatrix
+from lgkd_core.tasks import get_task
+
+log = logging.getLogger("lgkd_core.evaluate")
+
+
+@torch.no_grad()
+def confusion_over(model, loader, num_classes: int, device, amp_dtype=None) -> ConfusionMatrix:
+    """Streaming confusion matrix of ``model``'s argmax over ``loader`` (on ``device``)."""
+    cm = ConfusionMatrix(num_classes, device=device)
+    model.eval()
+    for batch in loader:
+        images, labels = to_device(batch, device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=bool(amp_dtype)):
+            logits = model(images)
+        cm.update(logits.argmax(dim=1), labels)
+    return cm
+
+
+def evaluate(
+    dataset: str,
+    task_name: str,
+    step: int,
+    data_root: Path,
+    model_path: Path,
+    out: Path,
+    splits: Path | None = None,
+    crop_size: int | None = 512,
+    batch_size: int = 8,
+    workers: int = 2,
+    device: str = "auto",
+    arch: dict | None = None,
+) -> dict:
+    """Evaluate ``model_path`` on step ``step``'s validation set; rank 0 writes ``out``.
+
+    ``crop_size``: resize the shorter side and centre-crop (the published protocol); ``None``
+    evaluates full images one at a time. ``arch`` gives backbone/output_stride/head_channels for
+    files that do not record them (reference checkpoints).
+    """
+    ctx = D.setup_distributed(device)
+    try:
+        task = get_task(dataset, task_name)
+        arch = {
+            "backbone": "resnet101",
+            "output_stride": 16,
+            "head_channels": 256,
+            **(arch or {}),
+            "norm": resolve_norm("auto", ctx.device),
+        }
+        model, payload = build_from_file(Path(model_path), task, step, arch, ctx.device)
+        loader = eval_loader(
+            dataset,
+            data_root,
+            task,
+            step,
+            crop_size,
+            max(1, batch_size // ctx.world_size),
+            ctx.rank,
+            ctx.world_size,
+            workers,
+            splits,
+            pin_memory=ctx.device.type == "cuda",
+        )
+        cm = confusion_over(model, loader, task.num_classes(step), ctx.device)
+        cm.all_reduce()
+        n_images = torch.tensor([len(loader.sampler)], device=ctx.device)
+        if ctx.distributed:
+            torch.distributed.all_reduce(n_images)
+        result = {
+            "dataset": dataset,
+            "task": task_name,
+            "step": step,
+            "model": str(model_path),
+            "method": payload.get("method"),
+            "num_images": int(n_images.item()),
+            "crop_size": crop_size,
+            "classes": task.channel_names(step),
+            "class_ids": task.order(step),
+            **cm.to_dict(task, step),
+        }
+        if ctx.is_main:
+            atomic_write_json(Path(out), result)
+            s = result["summary"]
+            log.info(
+                "step %d: background %.2f old %.2f new %.2f all %.2f (mIoU %%)",
+                step,
+                *(
+                    100 * (s[k] if s[k] is not None else float("nan"))
+                    for k in ("background", "old", "new", "all")
+                ),
+            )
+        del model
+        return result
+    finally:
+        D.shutdown(ctx)

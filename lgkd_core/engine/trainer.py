@@ -1,0 +1,444 @@
+"""One incremental training step: data, model, teacher, losses, DDP, AMP, checkpoints, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from lgkd_core.engine import distributed as D
+from lgkd_core.engine.checkpoint import StateStore, config_digest, safe_load, save_model_file
+from lgkd_core.engine.inputs import to_device, train_loader
+from lgkd_core.engine.progress import Progress
+from lgkd_core.engine.schedule import make_optimizer, poly_lambda
+from lgkd_core.engine.teacher import frozen_teacher, load_weights
+from lgkd_core.losses.objective import step_losses
+from lgkd_core.losses.pseudo import EntropyThresholds
+from lgkd_core.methods import MethodConfig, get_method
+from lgkd_core.models import build_model, init_balanced, load_imagenet_backbone
+from lgkd_core.tasks import get_task
+
+log = logging.getLogger("lgkd_core.train")
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced non-finite losses for too many consecutive iterations."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training step needs. ``batch_size`` is the global batch over all ranks."""
+
+    dataset: str
+    task: str
+    step: int
+    method: str
+    data_root: Path
+    out: Path
+    splits: Path | None = None
+    teacher: Path | None = None
+    state_dir: Path | None = None
+    pretrained: Path | None = None
+    epochs: int = 30
+    batch_size: int = 24
+    lr: float | None = None
+    weight_decay: float = 1e-4
+    crop_size: int = 512
+    backbone: str = "resnet101"
+    head_channels: int = 256
+    norm: str = "auto"
+    output_stride: int = 16
+    amp: str = "off"
+    workers: int = 4
+    seed: int = 42
+    overlap: bool = True
+    method_overrides: dict = field(default_factory=dict)
+    checkpoint_every: int = 0
+    max_nonfinite: int = 20
+    deterministic: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    log_every: int = 10
+    tensorboard: bool = False
+
+    def default_lr(self) -> float:
+        """The reference's learning rates: VOC-like 0.01 / 0.001, ADE 0.02 / 0.002."""
+        base = 0.02 if self.dataset == "ade" else 0.01
+        return base if self.step == 0 else base / 10
+
+    def digest(self) -> str:
+        """Identity of the run for resuming: every field that changes the result."""
+        skip = {"out", "state_dir", "workers", "log_every", "tensorboard", "device"}
+        fields = {
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in skip
+        }
+        return config_digest(fields)
+
+
+def resolve_norm(norm: str, device: torch.device) -> str:
+    """``auto``: In-Place ABN (synchronised) on GPUs when installed, the pure-PyTorch ABN otherwise."""
+    if norm != "auto":
+        return norm
+    if device.type == "cuda":
+        try:
+            import inplace_abn  # noqa: F401
+
+            return "iabn_sync"
+        except ImportError:
+            pass
+    return "abn"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_determinism(enabled: bool, device: torch.device) -> None:
+    if enabled:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _all_finite(value: torch.Tensor, ctx: D.DistContext) -> bool:
+    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if ctx.distributed:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+class StepTrainer:
+    """Runs one step; ``run()`` returns the path of the written ``model.pt``."""
+
+    def __init__(self, cfg: TrainConfig, ctx: D.DistContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self.task = get_task(cfg.dataset, cfg.task)
+        self.task.new_classes(cfg.step)  # validates the step
+        self.method: MethodConfig = get_method(
+            cfg.method, cfg.dataset, cfg.task, cfg.method_overrides
+        )
+        self.lr = cfg.lr if cfg.lr is not None else cfg.default_lr()
+        self.norm = resolve_norm(cfg.norm, self.device)
+        self.arch = {
+            "backbone": cfg.backbone,
+            "norm": self.norm,
+            "output_stride": cfg.output_stride,
+            "head_channels": cfg.head_channels,
+        }
+        self.autocast_dtype = AMP_DTYPES.get(cfg.amp)
+        if cfg.amp not in ("off", *AMP_DTYPES):
+            raise ValueError(f"amp must be one of off, fp16, bf16 (got {cfg.amp!r})")
+        if cfg.batch_size % ctx.world_size:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} (global) is not divisible by the {ctx.world_size} "
+                f"processes; choose a multiple of {ctx.world_size}"
+            )
+        self.batch_per_rank = cfg.batch_size // ctx.world_size
+        if self.batch_per_rank < 2:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} gives {self.batch_per_rank} image per process; "
+                "DeepLabV3's pooling-branch norm needs at least 2 per process"
+            )
+        if cfg.step > 0 and cfg.teacher is None:
+            raise ValueError(f"step {cfg.step} needs --teacher (the step {cfg.step - 1} model.pt)")
+        self.state = StateStore(cfg.state_dir or Path(cfg.out) / "state")
+        self.model_path = Path(cfg.out) / "model.pt"
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg, task, step = self.cfg, self.task, self.cfg.step
+        model = build_model(classes_per_step=task.classes_per_step(step), **self.arch)
+        self.teacher = None
+        if step == 0:
+            if cfg.pretrained is not None:
+                load_imagenet_backbone(model, cfg.pretrained)
+        else:
+            self.teacher = frozen_teacher(cfg.teacher, task, step, self.arch, self.device)
+            load_weights(
+                model, self.teacher.state_dict(), cfg.teacher, allow_missing_prefix=f"cls.{step}."
+            )
+            if self.method.init_balanced:
+                init_balanced(model, task.classes_per_step(step)[-1])
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = make_optimizer(model, self.lr, cfg.weight_decay)
+        self.loader, self.sampler = train_loader(
+            cfg.dataset,
+            cfg.data_root,
+            task,
+            step,
+            cfg.crop_size,
+            self.batch_per_rank,
+            self.ctx.rank,
+            self.ctx.world_size,
+            cfg.seed,
+            cfg.workers,
+            cfg.splits,
+            cfg.overlap,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.iters_per_epoch = len(self.loader)
+        self.total_iters = self.iters_per_epoch * cfg.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, poly_lambda(self.total_iters)
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.net: nn.Module = model
+        if self.ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(
+                model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True
+            )
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+            if self.teacher is not None:
+                self.teacher = torch.compile(self.teacher)
+        self.thresholds: torch.Tensor | None = None
+
+    def _autocast(self):
+        return torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        )
+
+    # -- resume --------------------------------------------------------------------------------
+    def _state_dict(self, epoch: int, batch: int, global_iter: int) -> dict:
+        return {
+            "digest": self.cfg.digest(),
+            "epoch": epoch,
+            "batch": batch,
+            "global_iter": global_iter,
+            "model": _unwrap(self.net).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "thresholds": self.thresholds,
+            "rng_torch": torch.get_rng_state(),
+        }
+
+    def _save_state(self, epoch: int, batch: int, global_iter: int) -> None:
+        if self.ctx.is_main:
+            path = self.state.save(global_iter, self._state_dict(epoch, batch, global_iter))
+            log.info("checkpoint %s (epoch %d, batch %d)", path, epoch, batch)
+        D.barrier(self.ctx)
+
+    def _try_resume(self) -> tuple[int, int, int]:
+        found = self.state.latest() if self.ctx.is_main else None
+        found = D.broadcast_object(self.ctx, None if found is None else str(found[0]))
+        if found is None:
+            return 0, 0, 0
+        path = Path(found)
+        state = safe_load(path, map_location="cpu")
+        if state.get("digest") != self.cfg.digest():
+            log.warning(
+                "ignoring %s: it was written with a different configuration; starting the step "
+                "from scratch",
+                path,
+            )
+            return 0, 0, 0
+        _unwrap(self.net).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.thresholds = state["thresholds"]
+        if self.thresholds is not None:
+            self.thresholds = self.thresholds.to(self.device)
+        torch.set_rng_state(state["rng_torch"])
+        log.info(
+            "resuming step %d from %s: epoch %d, batch %d (iteration %d of %d)",
+            self.cfg.step,
+            path,
+            state["epoch"],
+            state["batch"],
+            state["global_iter"],
+            self.total_iters,
+        )
+        return state["epoch"], state["batch"], state["global_iter"]
+
+    # -- pseudo-label thresholds ---------------------------------------------------------------
+    @torch.no_grad()
+    def _compute_thresholds(self) -> torch.Tensor:
+        m = self.method
+        acc = EntropyThresholds(
+            self.task.num_classes(self.cfg.step - 1),
+            bins=m.pseudo_bins,
+            method=m.median,
+            device=self.device,
+        )
+        self.sampler.set_epoch(0)
+        for batch in self.loader:
+            images, labels = to_device(batch, self.device, self.cfg.channels_last)
+            with self._autocast():
+                logits = self.teacher(images)
+            acc.update(logits.float(), labels, num_seen=self.task.num_classes(self.cfg.step))
+        acc.all_reduce()
+        thresholds = acc.compute(floor=m.pseudo_threshold)
+        log.info("entropy thresholds per old class: %s", thresholds.tolist())
+        return thresholds
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        step, task, m = self.cfg.step, self.task, self.method
+        feats = m.needs_features and step > 0
+        t_logits = t_feats = None
+        if self.teacher is not None:
+            with torch.no_grad(), self._autocast():
+                out = self.teacher(images, return_features=feats)
+            t_logits, t_feats = out if feats else (out, None)
+        with self._autocast():
+            out = self.net(images, return_features=feats)
+        s_logits, s_feats = out if feats else (out, None)
+        return step_losses(
+            m,
+            labels,
+            s_logits,
+            teacher_logits=t_logits,
+            student_feats=s_feats,
+            teacher_feats=t_feats,
+            thresholds=self.thresholds,
+            num_old=task.num_classes(step - 1) if step > 0 else 0,
+            num_seen=task.num_classes(step),
+            num_new=task.classes_per_step(step)[-1],
+        )
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        set_determinism(cfg.deterministic, self.device)
+        seed_everything(cfg.seed)
+        self._build()
+        epoch, batch0, global_iter = self._try_resume()
+        if self.teacher is not None and self.method.pseudo == "entropy" and self.thresholds is None:
+            self.thresholds = self._compute_thresholds()
+        progress = Progress(
+            self.total_iters,
+            global_iter,
+            cfg.batch_size,
+            every=cfg.log_every,
+            enabled=self.ctx.is_main,
+            tensorboard_dir=Path(cfg.out) / "tensorboard" if cfg.tensorboard else None,
+        )
+        last_ckpt = "none"
+        nonfinite = 0
+        self.net.train()
+        while epoch < cfg.epochs:
+            self.sampler.set_epoch(epoch, start_sample=batch0 * self.batch_per_rank)
+            batch_idx = batch0
+            for batch in self.loader:
+                progress.data_ready()
+                images, labels = to_device(batch, self.device, cfg.channels_last)
+                losses = self._losses(images, labels)
+                total = losses["total"]
+                self.optimizer.zero_grad(set_to_none=True)
+                if _all_finite(total, self.ctx):
+                    scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+                    self.scaler.scale(total).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale_before
+                    nonfinite = nonfinite + 1 if skipped else 0
+                else:
+                    nonfinite += 1
+                if nonfinite >= cfg.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"step {cfg.step}: {nonfinite} consecutive iterations with non-finite "
+                        f"loss or gradients, at iteration {global_iter + 1} (epoch {epoch}); last "
+                        f"good checkpoint: {last_ckpt}. Lower the learning rate or use amp bf16/off."
+                    )
+                self.scheduler.step()
+                global_iter += 1
+                batch_idx += 1
+                progress.step(
+                    {k: float(v.detach()) for k, v in losses.items()},
+                    self.optimizer.param_groups[0]["lr"],
+                )
+                if cfg.checkpoint_every and global_iter % cfg.checkpoint_every == 0:
+                    if batch_idx < self.iters_per_epoch:
+                        self._save_state(epoch, batch_idx, global_iter)
+                        last_ckpt = f"iteration {global_iter}"
+            epoch += 1
+            batch0 = 0
+            self._save_state(epoch, 0, global_iter)
+            last_ckpt = f"epoch {epoch}"
+        stats = progress.close()
+        if self.ctx.is_main:
+            log.info(
+                "step %d done: %d iterations, %.1f images/s, %.0f%% waiting for data",
+                cfg.step,
+                global_iter,
+                stats["images_per_second"],
+                100 * stats["data_wait_fraction"],
+            )
+            self._write_model(stats)
+            self.state.clear()
+        D.barrier(self.ctx)
+        return self.model_path
+
+    def _write_model(self, stats: dict) -> None:
+        cfg, task = self.cfg, self.task
+        state = {k: v.detach().cpu() for k, v in _unwrap(self.net).state_dict().items()}
+        config = {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()
+        }
+        meta = {
+            "dataset": task.dataset,
+            "task": task.name,
+            "step": cfg.step,
+            "method": self.method.name,
+            "order": task.order(cfg.step),
+            "classes_per_step": task.classes_per_step(cfg.step),
+            **{k: v for k, v in self.arch.items() if k != "norm"},
+            "norm": self.norm,
+            "config": config,
+            "config_digest": cfg.digest(),
+            "train_stats": {k: float(v) for k, v in stats.items()},
+        }
+        save_model_file(self.model_path, state, meta)
+        log.info("wrote %s", self.model_path)
+
+    def release(self) -> None:
+        """Drop models and optimizer (before the process group is destroyed)."""
+        for name in ("net", "model", "teacher", "optimizer", "scheduler", "loader"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train one step (alone or under torchrun) and return the path of its ``model.pt``."""
+    ctx = D.setup_distributed(cfg.device)
+    trainer = StepTrainer(cfg, ctx)
+    try:
+        return trainer.run()
+    finally:
+        trainer.release()
+        del trainer
+        D.shutdown(ctx)
