@@ -1,4 +1,4 @@
-"""``python -m lgkd_core {synthesize,download,prepare,train,evaluate,report}``: what the rules call."""
+"""The command line the workflow rules call: ``python -m lgkd_core <command> ...``."""
 
 from __future__ import annotations
 

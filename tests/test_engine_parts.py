@@ -111,7 +111,7 @@ def test_crafted_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"model_state": _Payload()}))
-    with pytest.raises(CheckpointError, match="refusing to load|cannot read"):
+    with pytest.raises(CheckpointError, match=r"refusing to load|cannot read"):
         safe_load(evil)
     atomic_torch_save({"model_state": _Payload()}, tmp_path / "evil2.pt")
     with pytest.raises(CheckpointError):
@@ -131,5 +131,5 @@ def test_model_file_roundtrip_and_reference_format(tmp_path):
     ref = load_model_file(tmp_path / "ref.pth")
     assert sorted(ref["model_state"]) == sorted(state)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pt"):
+    with pytest.raises(CheckpointError, match=r"junk\.pt"):
         load_model_file(tmp_path / "junk.pt")

@@ -9,7 +9,6 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -89,7 +88,7 @@ class TrainConfig:
 
 
 def resolve_norm(norm: str, device: torch.device) -> str:
-    """``auto``: In-Place ABN (synchronised) on GPUs when installed, the pure-PyTorch ABN otherwise."""
+    """``auto``: synchronised In-Place ABN on GPUs when installed, else the pure-PyTorch ABN."""
     if norm != "auto":
         return norm
     if device.type == "cuda":
@@ -104,7 +103,6 @@ def resolve_norm(norm: str, device: torch.device) -> str:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -331,6 +329,18 @@ class StepTrainer:
             num_new=task.classes_per_step(step)[-1],
         )
 
+    def _optimize(self, total: torch.Tensor) -> bool:
+        """Backward and optimizer step; False when the step was skipped as non-finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if not _all_finite(total, self.ctx):
+            return False
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # With fp16 the scaler skips steps whose gradients overflowed and lowers its scale.
+        return not (self.scaler.is_enabled() and self.scaler.get_scale() < scale_before)
+
     def run(self) -> Path:
         cfg = self.cfg
         set_determinism(cfg.deterministic, self.device)
@@ -357,22 +367,13 @@ class StepTrainer:
                 progress.data_ready()
                 images, labels = to_device(batch, self.device, cfg.channels_last)
                 losses = self._losses(images, labels)
-                total = losses["total"]
-                self.optimizer.zero_grad(set_to_none=True)
-                if _all_finite(total, self.ctx):
-                    scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-                    self.scaler.scale(total).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale_before
-                    nonfinite = nonfinite + 1 if skipped else 0
-                else:
-                    nonfinite += 1
+                nonfinite = 0 if self._optimize(losses["total"]) else nonfinite + 1
                 if nonfinite >= cfg.max_nonfinite:
                     raise NonFiniteLossError(
                         f"step {cfg.step}: {nonfinite} consecutive iterations with non-finite "
-                        f"loss or gradients, at iteration {global_iter + 1} (epoch {epoch}); last "
-                        f"good checkpoint: {last_ckpt}. Lower the learning rate or use amp bf16/off."
+                        f"loss or gradients, at iteration {global_iter + 1} (epoch {epoch}); "
+                        f"last good checkpoint: {last_ckpt}. Lower the learning rate, or use "
+                        "amp bf16/off."
                     )
                 self.scheduler.step()
                 global_iter += 1
