@@ -1,0 +1,154 @@
+"""Which images each incremental step uses, computed from the label masks alone.
+
+Rules (reference ``filter_images``), with ``new`` = this step's classes without background:
+
+* train, overlap: the image contains at least one class of ``new``;
+* train, disjoint: additionally every value in it is in ``new``, an old class, 0 or 255
+  (no future class is visible);
+* eval: the image contains at least one foreground class seen so far (future classes are
+  labelled background by the eval lookup table).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from lgkd_core.data.labels import IGNORE, check_mask_values, invalid_values
+from lgkd_core.data.sources import DataFileError, image_size, open_source, read_mask
+from lgkd_core.tasks import Task, get_task
+
+
+# -- reading masks in parallel -----------------------------------------------------------------
+def label_set(path: Path | str) -> frozenset[int]:
+    """Distinct values of one mask file."""
+    counts = np.bincount(read_mask(path).ravel(), minlength=256)
+    return frozenset(int(v) for v in np.flatnonzero(counts))
+
+
+def _scan_pair(pair: tuple[Path, Path]) -> tuple[frozenset[int], tuple[int, int], tuple[int, int]]:
+    """(label set, mask (W, H), image (W, H)); the image is only opened for its header."""
+    image_path, mask_path = pair
+    mask = read_mask(mask_path)
+    counts = np.bincount(mask.ravel(), minlength=256)
+    labels = frozenset(int(v) for v in np.flatnonzero(counts))
+    return labels, (mask.shape[1], mask.shape[0]), image_size(image_path)
+
+
+def _parallel_map(fn: Callable, items: Sequence, workers: int) -> list:
+    """``[fn(x) for x in items]`` over ``workers`` processes (0: one per core), in order."""
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or len(items) < 2 * workers:
+        return [fn(x) for x in items]
+    chunksize = max(1, len(items) // (workers * 8))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items, chunksize=chunksize))
+
+
+def mask_label_sets(mask_paths: Sequence[Path | str], workers: int = 0) -> list[frozenset[int]]:
+    """Distinct values of each mask (masks only, never the images), in parallel, in order."""
+    return _parallel_map(label_set, list(mask_paths), workers)
+
+
+# -- selection rules ---------------------------------------------------------------------------
+def _check_all(label_sets: Sequence[frozenset[int]], task: Task, paths) -> None:
+    for k, labels in enumerate(label_sets):
+        if invalid_values(labels, task):
+            name = paths[k] if paths is not None else f"#{k} of the split"
+            check_mask_values(labels, task, name)
+
+
+def select_train(
+    label_sets: Sequence[frozenset[int]],
+    task: Task,
+    step: int,
+    overlap: bool = True,
+    paths: Sequence[Path | str] | None = None,
+) -> list[int]:
+    """Indices of the images used to train ``step`` (overlap or disjoint protocol).
+
+    ``paths`` (optional) names the masks in the error raised for values outside the dataset.
+    """
+    _check_all(label_sets, task, paths)
+    new = set(task.new_classes(step)) - {0}
+    allowed = new | set(task.old_classes(step)) | {0, IGNORE}
+    return [
+        k for k, labels in enumerate(label_sets) if labels & new and (overlap or labels <= allowed)
+    ]
+
+
+def select_eval(
+    label_sets: Sequence[frozenset[int]],
+    task: Task,
+    step: int,
+    paths: Sequence[Path | str] | None = None,
+) -> list[int]:
+    """Indices of the images evaluated at ``step``: at least one seen foreground class."""
+    _check_all(label_sets, task, paths)
+    seen = set(task.classes_seen(step)) - {0}
+    return [k for k, labels in enumerate(label_sets) if labels & seen]
+
+
+# -- id lists --------------------------------------------------------------------------------
+def write_ids(path: Path | str, ids: Sequence[str]) -> None:
+    """Write one id per line, atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.writelines(f"{i}\n" for i in ids)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_ids(path: Path | str) -> list[str]:
+    """Ids written by :func:`write_ids` (blank lines skipped)."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def prepare_splits(
+    dataset: str,
+    task_name: str,
+    data_root: Path | str,
+    out_dir: Path | str,
+    overlap: bool = True,
+    workers: int = 0,
+) -> dict[int, dict[str, int]]:
+    """Write ``step{s}-train.txt`` and ``step{s}-val.txt`` for every step into ``out_dir``.
+
+    Every mask is decoded once; mask values and image/mask sizes are checked on the way.
+    Returns ``{step: {"train": n, "val": m}}``.
+    """
+    task = get_task(dataset, task_name)
+    source = open_source(dataset, data_root)
+    out_dir = Path(out_dir)
+    label_sets: dict[str, list[frozenset[int]]] = {}
+    ids: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        ids[split] = source.ids(split)
+        pairs = [(source.image_path(split, i), source.mask_path(split, i)) for i in ids[split]]
+        scans = _parallel_map(_scan_pair, pairs, workers)
+        for (image_path, mask_path), (labels, mask_wh, image_wh) in zip(pairs, scans, strict=True):
+            check_mask_values(labels, task, mask_path)
+            if mask_wh != image_wh:
+                raise DataFileError(
+                    f"image {image_path} is {image_wh[0]}x{image_wh[1]} but its mask {mask_path} "
+                    f"is {mask_wh[0]}x{mask_wh[1]} (width x height); they must match"
+                )
+        label_sets[split] = [s for s, _, _ in scans]
+    counts: dict[int, dict[str, int]] = {}
+    for step in range(task.num_steps):
+        train = select_train(label_sets["train"], task, step, overlap)
+        val = select_eval(label_sets["val"], task, step)
+        write_ids(out_dir / f"step{step}-train.txt", [ids["train"][k] for k in train])
+        write_ids(out_dir / f"step{step}-val.txt", [ids["val"][k] for k in val])
+        counts[step] = {"train": len(train), "val": len(val)}
+    return counts
