@@ -7,6 +7,7 @@ mask lives. Masks are read as raw class ids (palette indices, no colour conversi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,7 +179,11 @@ def read_image(path: Path | str) -> torch.Tensor:
     path = Path(path)
     try:
         if path.suffix.lower() in (".jpg", ".jpeg"):
-            return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+            # torchvision 0.29 deprecates its image codecs (for TorchCodec) but they still work
+            # and are the fastest JPEG decoder available here; silence the per-call warning.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
         with Image.open(path) as img:
             arr = np.array(img.convert("RGB"), dtype=np.uint8)
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
