@@ -53,11 +53,10 @@ class ConfusionMatrix:
         target = target.reshape(-1).long()
         pred = pred.reshape(-1).to(target.device).long()
         keep = (target >= 0) & (target < n) & (target != self.ignore_index)
-        index = target[keep] * n + pred[keep]
-        counts = torch.bincount(index, minlength=n * n)
-        if counts.numel() != n * n:
-            raise ValueError(f"pred holds class ids >= num_classes ({n})")
-        self.matrix += counts.view(n, n)
+        target, pred = target[keep], pred[keep]
+        if pred.numel() and not bool(((pred >= 0) & (pred < n)).all()):
+            raise ValueError(f"pred holds class ids outside 0..{n - 1} (num_classes = {n})")
+        self.matrix += torch.bincount(target * n + pred, minlength=n * n).view(n, n)
 
     def all_reduce(self) -> None:
         """Sum the matrices of all torch.distributed ranks (no-op when not initialised)."""
