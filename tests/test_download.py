@@ -67,7 +67,7 @@ class _Server:
                 self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
@@ -464,3 +464,32 @@ def test_known_sources_point_at_reference_locations():
     assert urls["sbd"] == "http://cs.jhu.edu/~cxliu/data/SegmentationClassAug.zip"
     assert urls["list"] == "http://cs.jhu.edu/~cxliu/data/list.zip"
     assert urls["ade"] == "http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"
+
+
+def test_existing_dest_with_wrong_digest_is_replaced(server, tmp_path):
+    data = _payload(4000)
+    server.files["/a.bin"] = data
+    dest = tmp_path / "a.bin"
+    dest.write_bytes(b"stale")
+    dl.download(server.url("/a.bin"), dest, sha256=_sha(data))
+    assert dest.read_bytes() == data
+    assert server.requests == [("/a.bin", None)]
+
+
+def test_prepare_ade_layout(tmp_path):
+    base = "ADEChallengeData2016"
+    entries = [(f"{base}/objectInfo150.txt", b"x")]
+    for split, stem in (("training", "ADE_train_00000001"), ("validation", "ADE_val_00000001")):
+        entries.append((f"{base}/images/{split}/{stem}.jpg", b"jpeg"))
+        entries.append((f"{base}/annotations/{split}/{stem}.png", _png()))
+    archive = _zip(tmp_path / "ADEChallengeData2016.zip", entries)
+    spec = dl.SOURCES["ade"].sources[0]
+    src = dataclasses.replace(spec, url=archive.as_uri(), sha256=None)
+    root = dl.prepare_dataset("ade", tmp_path / "data", sources={"ade": src})
+    assert root == tmp_path / "data" / base
+    assert json.loads((root / ".done").read_text())["sources"]["ade"]["sha256"] == _sha(
+        archive.read_bytes()
+    )
+    ade = open_source("ade", tmp_path / "data")
+    assert ade.ids("train") == ["ADE_train_00000001"] and ade.ids("val") == ["ADE_val_00000001"]
+    assert ade.mask_path("val", "ADE_val_00000001").exists()
