@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -54,10 +55,21 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     except SlurmUnavailable as err:
         pytest.skip(f"live SLURM could not start: {err}")
     print(f"\n[slurm] single-node cluster {cluster.host} up in {time.monotonic() - t0:.1f} s")
+    # A SIGTERM (CI timeout, `kill`) would end Python without teardown or atexit: turn it into
+    # KeyboardInterrupt so pytest unwinds and the daemons are stopped.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         yield cluster
     finally:
         cluster.stop()
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _slurm_log_job_ids(workdir: Path) -> dict[str, list[str]]:
