@@ -6,11 +6,14 @@ imported the reference with placeholder modules for apex / inplace_abn; each hol
 the reference's loss and the gradient with respect to the student's inputs.
 """
 
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from lgkd_core.losses.ce import cross_entropy, unbiased_cross_entropy
 from lgkd_core.losses.distillation import ilt_feature_loss, kd_loss, lgkd_loss, unbiased_kd_loss
@@ -275,3 +278,41 @@ def test_losses_are_fp32_from_half_inputs():
         pod_loss([teacher], [student], [1.0], 5, 2),
     ):
         assert loss.dtype == torch.float32
+
+
+def _rank_data(rank: int):
+    g = torch.Generator().manual_seed(40 + rank)
+    logits = torch.randn(2, 3, 8, 8, generator=g) * (3 + rank)
+    labels = torch.randint(0, 2, (2, 8, 8), generator=g)
+    return logits, labels
+
+
+def _thresholds_worker(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        result = {}
+        for method in ("reference", "exact"):
+            acc = EntropyThresholds(3, num_seen=4, method=method)
+            acc.update(*_rank_data(rank))
+            acc.all_reduce()
+            result[method] = acc.compute()
+        torch.save(result, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_gives_every_rank_the_thresholds_of_the_pooled_data(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "thr")
+    mp.spawn(_thresholds_worker, args=(2, port, out), nprocs=2, join=True)
+    for method in ("reference", "exact"):
+        pooled = EntropyThresholds(3, num_seen=4, method=method)
+        for rank in range(2):
+            pooled.update(*_rank_data(rank))
+        for rank in range(2):
+            got = torch.load(f"{out}.{rank}")[method]
+            torch.testing.assert_close(got, pooled.compute(), rtol=0, atol=0)
