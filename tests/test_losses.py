@@ -316,3 +316,8 @@ def test_all_reduce_gives_every_rank_the_thresholds_of_the_pooled_data(tmp_path)
         for rank in range(2):
             got = torch.load(f"{out}.{rank}")[method]
             torch.testing.assert_close(got, pooled.compute(), rtol=0, atol=0)
+
+
+def test_pod_refuses_maps_smaller_than_the_finest_grid():
+    with pytest.raises(ValueError, match="crop size"):
+        pod_loss([torch.randn(1, 2, 3, 3)], [torch.randn(1, 2, 3, 3)], [1.0], 2, 1)

@@ -31,6 +31,11 @@ def local_pod_embedding(x: torch.Tensor, scales: Sequence[int] = (1, 2, 4)) -> t
     each cell contributing its width-pooled then its height-pooled C*k values)."""
     b, c = x.shape[:2]
     w = x.shape[-1]
+    if w < max(scales) or x.shape[-2] < w:
+        raise ValueError(
+            f"local POD needs square maps at least {max(scales)} wide (got {tuple(x.shape)}); "
+            "use a larger crop size (the logits are at 1/16 of the input)"
+        )
     parts = []
     for s in scales:
         k = w // s
