@@ -190,6 +190,12 @@ class SlurmCluster:
             raise SlurmUnavailable("starting slurmctld/slurmd as SlurmUser=root needs root")
         if _missing_binaries():
             raise SlurmUnavailable(f"SLURM binaries missing: {_missing_binaries()}")
+        env_conf = os.environ.get("SLURM_CONF")
+        if env_conf and Path(env_conf) != SLURM_CONF:
+            raise SlurmUnavailable(
+                f"SLURM_CONF={env_conf} points at another cluster; the live tests use {SLURM_CONF} "
+                "(unset SLURM_CONF to run them)"
+            )
         if SLURM_CONF.exists() and _controller_answers():
             raise SlurmUnavailable(
                 f"{SLURM_CONF} exists and a slurmctld already answers `scontrol ping`; "
