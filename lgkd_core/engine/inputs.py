@@ -45,11 +45,12 @@ def step_ids(
         return read_ids(path)
     split = SPLIT_OF_PURPOSE[purpose]
     all_ids = source.ids(split)
-    label_sets = mask_label_sets([source.mask_path(split, i) for i in all_ids], workers=workers)
+    paths = [source.mask_path(split, i) for i in all_ids]
+    label_sets = mask_label_sets(paths, workers=workers)
     if purpose == "train":
-        keep = select_train(label_sets, task, step, overlap=overlap)
+        keep = select_train(label_sets, task, step, overlap=overlap, paths=paths)
     else:
-        keep = select_eval(label_sets, task, step)
+        keep = select_eval(label_sets, task, step, paths=paths)
     return [all_ids[k] for k in keep]
 
 
