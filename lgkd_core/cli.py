@@ -221,6 +221,23 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+# -- import-step0 / launch ------------------------------------------------------------------
+def _add_import_step0(sub) -> None:
+    from lgkd_core.engine import released
+
+    p = sub.add_parser("import-step0", help="use a released step-0 model as an experiment's step 0")
+    released.add_arguments(p)
+    p.set_defaults(func=released.run)
+
+
+def _add_launch(sub) -> None:
+    from lgkd_core import launch
+
+    p = sub.add_parser("launch", help="run a command on every GPU/CPU process (torchrun, srun)")
+    launch.add_arguments(p)
+    p.set_defaults(func=launch.run)
+
+
 # -- report ----------------------------------------------------------------------------------
 def _add_report(sub) -> None:
     from lgkd_core import report
@@ -239,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_prepare,
         _add_train,
         _add_evaluate,
+        _add_import_step0,
+        _add_launch,
         _add_report,
     ):
         add(sub)

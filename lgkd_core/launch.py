@@ -1,0 +1,111 @@
+"""Start a training job with one process per GPU (or per CPU worker): what the train rule runs.
+
+``python -m lgkd_core launch --nproc-per-node N [--nnodes M] --threads T -- train ...``
+
+* one process on one node: the command runs directly (no rendezvous to pay for);
+* several processes on one node: ``torchrun --standalone --nproc-per-node N``;
+* several nodes (inside a SLURM allocation): ``srun`` starts one ``torchrun`` per node, which
+  rendezvous on the allocation's first node. Every count is given explicitly because the SLURM
+  executor plugin strips ``SLURM_*`` variables from the job step.
+
+``OMP_NUM_THREADS`` is set to the job's threads divided by the processes per node: Snakemake
+exports the job's full thread count, and every rank using all of it oversubscribes the cores.
+The SLURM job id, the host and the command are logged first so every log names its job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import sys
+
+log = logging.getLogger("lgkd_core.launch")
+
+RDZV_PORT = 29400
+
+
+def threads_per_process(threads: int, nproc_per_node: int) -> int:
+    return max(1, threads // max(1, nproc_per_node))
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``scontrol show hostnames``)."""
+    out = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()[0]
+
+
+def launch_command(
+    argv: list[str],
+    nproc_per_node: int,
+    nnodes: int = 1,
+    python: str = sys.executable,
+    head_host: str | None = None,
+    job_id: str | None = None,
+) -> list[str]:
+    """The command line that runs ``python -m lgkd_core <argv>`` on every process."""
+    module = ["-m", "lgkd_core", *argv]
+    if nnodes == 1 and nproc_per_node == 1:
+        return [python, *module]
+    torchrun = [python, "-m", "torch.distributed.run"]
+    if nnodes == 1:
+        return [*torchrun, "--standalone", f"--nproc-per-node={nproc_per_node}", *module]
+    if not head_host:
+        raise ValueError(
+            f"nodes={nnodes} needs a SLURM allocation of {nnodes} nodes (SLURM_JOB_NODELIST is "
+            "not set); run through profiles/slurm or set nodes: 1"
+        )
+    srun = [
+        "srun",
+        f"--nodes={nnodes}",
+        f"--ntasks={nnodes}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+    ]
+    return [
+        *srun,
+        *torchrun,
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={head_host}:{RDZV_PORT}",
+        f"--rdzv-id={job_id or 'lgkd'}",
+        *module,
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="GPUs (or CPU processes)")
+    parser.add_argument("--nnodes", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads of the whole job")
+    parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- train ARGS...")
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise ValueError("launch: give the command after --, e.g. -- train --dataset voc ...")
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise ValueError("launch: --nproc-per-node and --nnodes must be at least 1")
+    job_id = os.environ.get("SLURM_JOB_ID")
+    head = None
+    if args.nnodes > 1 and os.environ.get("SLURM_JOB_NODELIST"):
+        head = first_host(os.environ["SLURM_JOB_NODELIST"])
+    cmd = launch_command(argv, args.nproc_per_node, args.nnodes, head_host=head, job_id=job_id)
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(threads_per_process(args.threads, args.nproc_per_node))
+    log.info(
+        "SLURM job %s on %s, OMP_NUM_THREADS=%s: %s",
+        job_id or "none",
+        socket.gethostname(),
+        env.get("OMP_NUM_THREADS", "unset"),
+        shlex.join(cmd),
+    )
+    sys.stderr.flush()
+    return subprocess.run(cmd, env=env).returncode

@@ -1,0 +1,136 @@
+# Configuration resolution and small helpers shared by the rules (logic: lgkd_core.experiments).
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from lgkd_core import experiments as X
+from lgkd_core.data.download import SOURCES
+
+try:
+    EXPERIMENTS = X.resolve(config)
+except X.ConfigError as err:
+    raise WorkflowError(f"config.yaml: {err}") from None
+
+DATA_ROOT = config["data_root"].rstrip("/")
+ENV = "../../envs/environment.yml"
+# Rules call `python -m lgkd_core`: the interpreter running Snakemake (which has lgkd_core) comes
+# first on PATH, unless --use-conda gives each job the environment of envs/.
+if "conda" not in str(workflow.deployment_settings.deployment_method):
+    X.put_interpreter_on_path(sys.executable)
+
+RUNS = {run: exp for exp in EXPERIMENTS.values() for run in exp.runs()}
+SWEEPS = [name for name, exp in EXPERIMENTS.items() if exp.is_sweep]
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!)"
+
+
+wildcard_constraints:
+    run=_alternatives(RUNS),
+    sweep=_alternatives(SWEEPS),
+    step=r"\d+",
+
+
+for _name in config.get("default_experiments", []):
+    if _name not in EXPERIMENTS:
+        raise WorkflowError(
+            f"config.yaml: default_experiments names {_name!r}, which is not under experiments: "
+            f"({', '.join(EXPERIMENTS)})"
+        )
+
+
+def run_of(wildcards):
+    """(experiment, member) of the {run} wildcard."""
+    name, member = X.parse_run(wildcards.run)
+    exp = EXPERIMENTS[name]
+    return exp, exp.member(member)
+
+
+def setting(wildcards, key, default=None):
+    exp, _ = run_of(wildcards)
+    value = exp.get(key)
+    return default if value is None else value
+
+
+def data_marker(dataset):
+    """The file that exists once ``dataset`` is ready under data_root."""
+    if dataset == "synthetic":
+        return f"{DATA_ROOT}/synthetic/manifest.json"
+    return f"{DATA_ROOT}/{SOURCES[dataset].root}/.done"
+
+
+def quoted(args):
+    return shlex.join(str(a) for a in args)
+
+
+def table_of(name):
+    return f"results/{name}/table.csv"
+
+
+def default_targets():
+    names = config.get("default_experiments", [])
+    out = [table_of(n) for n in names] + [f"results/{n}/miou.png" for n in names]
+    return out + (["results/summary.csv"] if names else [])
+
+
+# -- used by train.smk -------------------------------------------------------
+
+def _step0_source(wc):
+    return setting(wc, "step0_checkpoint") if int(wc.step) == 0 else None
+
+
+def train_inputs(wc):
+    exp, _ = run_of(wc)
+    step = int(wc.step)
+    if step >= exp.num_steps():
+        raise WorkflowError(f"{wc.run}: no step {step} (the task has {exp.num_steps()} steps)")
+    source = _step0_source(wc)
+    if source:
+        # A local released model is an input, so a project model.pt is built first.
+        return {} if X.is_url(source) else {"step0": source}
+    inputs = {"data": data_marker(exp.dataset), "splits": f"results/{wc.run}/splits"}
+    if step > 0:
+        inputs["teacher"] = f"results/{wc.run}/step{step - 1}/model.pt"
+    return inputs
+
+
+def train_command(wc):
+    """Everything that defines the step's result: a change re-runs the step (params trigger)."""
+    exp, member = run_of(wc)
+    step, run_dir = int(wc.step), Path("results", wc.run)
+    source = _step0_source(wc)
+    if source:
+        return quoted(X.import_args(exp, member, run_dir, source))
+    nproc = setting(wc, "gpus", 0) or setting(wc, "processes", 1)
+    launch = ["launch", f"--nproc-per-node={nproc}", f"--nnodes={setting(wc, 'nodes', 1)}", "--"]
+    state = run_dir / f"step{step}" / "state"
+    return quoted(launch + X.train_args(exp, member, step, Path(DATA_ROOT), run_dir, state))
+
+
+def _gpus(wc):
+    return 0 if _step0_source(wc) else setting(wc, "gpus", 0)
+
+
+def _cpus(wc):
+    return 1 if _step0_source(wc) else setting(wc, "cpus", 1)
+
+
+def _nodes(wc):
+    return 1 if _step0_source(wc) else setting(wc, "nodes", 1)
+
+
+# -- used by report.smk ------------------------------------------------------
+
+def _metrics(wc):
+    exp, _ = run_of(wc)
+    return [f"results/{wc.run}/step{s}/metrics.json" for s in range(exp.num_steps())]
+
+
+def _members(wc):
+    exp = EXPERIMENTS[wc.sweep]
+    return {m.name: f"results/{exp.run(m)}/table.csv" for m in exp.members}

@@ -1,0 +1,84 @@
+# Data: the embedded synthetic set, VOC/ADE downloads, per-run step split lists.
+
+_ROOT_TO_DATASET = {spec.root: name for name, spec in SOURCES.items()}
+
+
+rule synthesize:
+    output:
+        f"{DATA_ROOT}/synthetic/manifest.json",
+    params:
+        args=lambda wc: quoted(
+            [
+                "--seed",
+                config.get("synthetic", {}).get("seed", 0),
+                "--train",
+                config.get("synthetic", {}).get("n_train", 1000),
+                "--val",
+                config.get("synthetic", {}).get("n_val", 300),
+                "--size",
+                config.get("synthetic", {}).get("size", 96),
+            ]
+        ),
+        out=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        "logs/data/synthesize.log",
+    threads: 2
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core synthesize --out {params.out:q} {params.args} "
+        "--workers {threads} > {log:q} 2>&1"
+
+
+rule download:
+    output:
+        f"{DATA_ROOT}/{{root}}/.done",
+    wildcard_constraints:
+        root="|".join(_ROOT_TO_DATASET),
+    params:
+        args=lambda wc: quoted(
+            ["--dataset", _ROOT_TO_DATASET[wc.root]]
+            + [
+                a
+                for name, url in (
+                    config.get("downloads", {}).get(_ROOT_TO_DATASET[wc.root]) or {}
+                ).items()
+                for a in ("--source", f"{name}={url}")
+            ]
+        ),
+        data_root=lambda wc, output: Path(output[0]).parent.parent,
+    log:
+        "logs/data/download_{root}.log",
+    retries: 2
+    resources:
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core download {params.args} --data-root {params.data_root:q} > {log:q} 2>&1"
+
+
+rule prepare_splits:
+    input:
+        data=lambda wc: data_marker(run_of(wc)[0].dataset),
+    output:
+        directory("results/{run}/splits"),
+    params:
+        args=lambda wc: quoted(
+            [
+                "--dataset",
+                run_of(wc)[0].dataset,
+                "--task",
+                run_of(wc)[1].task,
+                "--overlap" if setting(wc, "overlap", True) else "--disjoint",
+            ]
+        ),
+        data_root=lambda wc, input: Path(input.data).parent.parent,
+    log:
+        "logs/{run}/prepare_splits.log",
+    threads: 2
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core prepare {params.args} --data-root {params.data_root:q} "
+        "--out-dir {output:q} --workers {threads} > {log:q} 2>&1"

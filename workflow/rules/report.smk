@@ -1,0 +1,57 @@
+# Tables and plots per run, the mean/std table of sweeps, and the summary over experiments.
+
+
+rule table:
+    input:
+        metrics=_metrics,
+    output:
+        table=report(
+            "results/{run}/table.csv",
+            category="{run}",
+            caption="../report/table.rst",
+        ),
+        plot=report("results/{run}/miou.png", category="{run}", caption="../report/miou.rst"),
+    log:
+        "logs/{run}/table.log",
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core report table --metrics {input.metrics:q} --out {output.table:q} "
+        "--plot {output.plot:q} --title {wildcards.run:q} > {log:q} 2>&1"
+
+
+rule sweep_table:
+    input:
+        unpack(_members),
+    output:
+        table=report(
+            "results/{sweep}/table.csv",
+            category="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        plot=report("results/{sweep}/miou.png", category="{sweep}", caption="../report/miou.rst"),
+    params:
+        members=lambda wc, input: quoted(f"{k}={v}" for k, v in input.items()),
+    log:
+        "logs/{sweep}/sweep_table.log",
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core report sweep --member {params.members} --out {output.table:q} "
+        "--plot {output.plot:q} --title {wildcards.sweep:q} > {log:q} 2>&1"
+
+
+rule summary:
+    input:
+        unpack(lambda wc: {n: table_of(n) for n in config.get("default_experiments", [])}),
+    output:
+        report("results/summary.csv", category="summary", caption="../report/summary.rst"),
+    params:
+        tables=lambda wc, input: quoted(f"{k}={v}" for k, v in input.items()),
+    log:
+        "logs/summary.log",
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core report summary --table {params.tables} --out {output:q} "
+        "> {log:q} 2>&1"
