@@ -1,0 +1,199 @@
+"""The Snakemake workflow: planning (dry runs), config validation, lint, and a real reduced run
+with the resume behaviours (nothing to do, one step deleted, one hyper-parameter changed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(args: list[str], workdir: Path | None = None, timeout: float = 600):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    if workdir is not None:
+        cmd += ["--directory", str(workdir)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        cmd + args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def planned_jobs(out: str) -> list[dict]:
+    """Jobs of a dry run (``-n``): rule, input, output and wildcards of each."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        job = {"rule": head.group(1)}
+        for key in ("input", "output", "wildcards"):
+            m = re.search(rf"^\s+{key}: (.*)$", block, re.M)
+            job[key] = m.group(1).split(", ") if m else []
+        jobs.append(job)
+    return jobs
+
+
+def counts(jobs: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for j in jobs:
+        out[j["rule"]] = out.get(j["rule"], 0) + 1
+    return out
+
+
+# -- planning --------------------------------------------------------------------------------
+def test_dry_run_voc_15_1_plans_the_chain(tmp_path):
+    proc = snakemake(["-n", "results/voc_15-1/table.csv"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned_jobs(proc.stdout)
+    assert counts(jobs) == {
+        "download": 1, "prepare_splits": 1, "train": 6, "evaluate": 6, "table": 1,
+    }  # fmt: skip
+    trains = {int(re.search(r"step(\d)", j["output"][0]).group(1)): j for j in jobs
+              if j["rule"] == "train"}  # fmt: skip
+    assert sorted(trains) == list(range(6))
+    assert "data/PascalVOC2012/.done" in trains[0]["input"]
+    for step in range(1, 6):
+        # The DAG carries the teacher chain: step s reads step s-1's model.
+        assert f"results/voc_15-1/step{step - 1}/model.pt" in trains[step]["input"]
+    evals = [j for j in jobs if j["rule"] == "evaluate"]
+    assert all(j["input"][0].endswith("model.pt") for j in evals)
+    # The training command: paper hyper-parameters, global batch, torchrun over 2 GPUs.
+    proc = snakemake(["-n", "-p", "results/voc_15-1/step1/model.pt"], tmp_path)
+    cmd = next(line for line in proc.stdout.splitlines() if "--step 1" in line)
+    assert "launch --nproc-per-node=2 --nnodes=1 -- train" in cmd
+    for part in ("--task 15-1", "--method LGKD", "--epochs 30", "--batch-size 24", "--lr 0.001",
+                 "--teacher results/voc_15-1/step0/model.pt", "--amp fp16", "--overlap"):  # fmt: skip
+        assert part in cmd, (part, cmd)
+    cmd0 = next(line for line in proc.stdout.splitlines() if "--step 0" in line)
+    assert "--batch-size 16" in cmd0 and "--lr 0.01 " in cmd0
+
+
+def test_dry_run_default_target_shares_step0_and_sweep_members(tmp_path):
+    proc = snakemake(["-n"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned_jobs(proc.stdout)
+    c = counts(jobs)
+    assert c["synthesize"] == 1 and c["summary"] == 1 and c["table"] == 4
+    assert c["train"] == 24 and c["evaluate"] == 24
+    ft0 = next(j for j in jobs if j["rule"] == "train"
+               and j["output"] == ["results/synthetic_15-1_ft/step0/model.pt"])  # fmt: skip
+    assert ft0["input"] == ["results/synthetic_15-1/step0/model.pt"]
+    proc = snakemake(["-n", "results/synthetic_15-1_seeds/table.csv"], tmp_path)
+    jobs = planned_jobs(proc.stdout)
+    assert counts(jobs)["sweep_table"] == 1 and counts(jobs)["table"] == 3
+    sweep = next(j for j in jobs if j["rule"] == "sweep_table")
+    assert sorted(sweep["input"]) == [
+        f"results/synthetic_15-1_seeds/members/15-1-seed{s}/table.csv" for s in (1, 2, 3)
+    ]
+
+
+def test_lint_is_clean():
+    proc = snakemake(["--lint"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+# -- configuration errors --------------------------------------------------------------------
+BAD_CONFIGS = [
+    ({"epoch": 3}, ["epoch", "unexpected"]),
+    ({"epochs": "ten"}, ["ten", "integer"]),
+    ({"method": "LKGD"}, ["LKGD", "LGKD", "PLOP"]),
+    ({"task": "15-2"}, ["experiments.bad.task", "15-2", "15-1", "19-1"]),
+    ({"dataset": "cityscapes"}, ["cityscapes", "voc", "ade"]),
+    ({"loss": {"prev_kdd": 1}}, ["experiments.bad.loss", "prev_kdd", "prev_kd"]),
+    ({"orders": ["15-5s_b", "15-5"]}, ["experiments.bad.orders", "15-5"]),
+]
+
+
+@pytest.mark.parametrize(("change", "words"), BAD_CONFIGS)
+def test_config_errors_name_the_key_before_any_job(tmp_path, change, words):
+    exp = {"dataset": "voc", "task": "15-1", "method": "LGKD", **change}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"experiments": {"bad": exp}}))
+    proc = snakemake(["-n", "--configfile", str(tmp_path / "bad.yaml")], tmp_path)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    for word in words:
+        assert word in message, (word, message[-2000:])
+    assert "Building DAG" not in message and not (tmp_path / "results").exists()
+
+
+def test_experiment_name_cannot_escape_results(tmp_path):
+    exp = {"dataset": "synthetic", "task": "15-1", "method": "FT"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"experiments": {"../evil": exp}}))
+    proc = snakemake(["-n", "--configfile", str(tmp_path / "bad.yaml")], tmp_path)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "../evil" in message and "pattern" in message
+    # A path that is not a configured run matches no rule.
+    proc = snakemake(["-n", "results/../../etc/table.csv"], tmp_path)
+    assert proc.returncode != 0
+
+
+# -- a real reduced run ----------------------------------------------------------------------
+TINY = {
+    "synthetic": {"n_train": 80, "n_val": 40, "size": 64, "seed": 0},
+    "default_experiments": ["tiny", "tiny_ft"],
+    "experiments": {
+        "tiny": {"dataset": "synthetic", "task": "15-5", "method": "LGKD", "epochs": 1,
+                 "epochs_step0": 2, "head_channels": 32},
+        "tiny_ft": {"dataset": "synthetic", "task": "15-5", "method": "FT", "epochs": 1,
+                    "head_channels": 32, "step0_checkpoint": "results/tiny/step0/model.pt"},
+    },
+}  # fmt: skip
+
+
+def _planned(workdir: Path, *extra: str) -> list[dict]:
+    proc = snakemake(["-n", *extra], workdir)
+    assert proc.returncode == 0, proc.stderr
+    return planned_jobs(proc.stdout)
+
+
+@pytest.mark.slow
+def test_reduced_synthetic_run_and_resume(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    proc = snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "table.csv")
+    assert list(table["step"]) == [0, 1]
+    assert {"background", "old", "new", "all", "mean_all"} <= set(table.columns)
+    assert (tmp_path / "results" / "tiny" / "miou.png").read_bytes()[:4] == b"\x89PNG"
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    assert sorted(summary["experiment"]) == ["tiny", "tiny_ft"]
+    # The FT baseline starts from the LGKD experiment's step 0: same weights, same step-0 scores.
+    ft = pd.read_csv(tmp_path / "results" / "tiny_ft" / "table.csv")
+    assert ft.loc[0, "all"] == table.loc[0, "all"]
+    logs = tmp_path / "logs" / "tiny"
+    assert (logs / "step1" / "train.log").read_text().count("resuming") == 0
+    assert not list((tmp_path / "results" / "tiny" / "step1" / "state").glob("*.pt"))
+
+    # Finished: nothing to do.
+    proc = snakemake(["-n", "--configfile", str(cfg)], tmp_path)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # One step's model deleted: that step, its evaluation and the tables only.
+    (tmp_path / "results" / "tiny" / "step1" / "model.pt").unlink()
+    jobs = _planned(tmp_path, "--configfile", str(cfg))
+    trains = [j["output"][0] for j in jobs if j["rule"] == "train"]
+    assert trains == ["results/tiny/step1/model.pt"]
+    assert counts(jobs)["evaluate"] == 1
+
+    # A hyper-parameter of one experiment changed: that experiment's affected steps only.
+    changed = yaml.safe_load(cfg.read_text())
+    changed["experiments"]["tiny_ft"]["lr"] = 0.002
+    cfg.write_text(yaml.safe_dump(changed))
+    (tmp_path / "results" / "tiny" / "step1").mkdir(exist_ok=True)
+    proc = snakemake(["--cores", "2", "--configfile", str(cfg), "results/tiny/table.csv"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _planned(tmp_path, "--configfile", str(cfg))
+    trains = sorted(j["output"][0] for j in jobs if j["rule"] == "train")
+    assert trains == ["results/tiny_ft/step1/model.pt"], trains
