@@ -46,7 +46,7 @@ def test_classifier_layouts(dataset, name, layout):
 
 
 def test_unknown_names_list_valid_ones():
-    with pytest.raises(ValueError, match="valid tasks: .*15-1"):
+    with pytest.raises(ValueError, match=r"valid tasks: .*15-1"):
         get_task("voc", "15-2")
     with pytest.raises(ValueError, match="valid datasets: ade, synthetic, voc"):
         get_task("cityscapes", "15-1")

@@ -174,7 +174,8 @@ def test_cli_under_torchrun_two_processes(data_root, step0_model, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "lgkd_core", "train", "--dataset", "synthetic", "--task", "15-5", "--step", "1",
         "--method", "LGKD", "--data-root", str(data_root), "--out", str(tmp_path),
-        "--teacher", str(step0_model), "--epochs", "1", "--batch-size", "8", "--crop-size", "64", "--output-stride", "8",
+        "--teacher", str(step0_model), "--epochs", "1", "--batch-size", "8",
+        "--crop-size", "64", "--output-stride", "8",
         "--backbone", "resnet18_w0.25", "--head-channels", "32", "--workers", "0",
         "--device", "cpu", "--set", "prev_kd=2",
     ]  # fmt: skip
