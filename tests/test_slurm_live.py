@@ -135,16 +135,16 @@ def _tiny_experiment_config() -> dict:
     Paths (data/, results/, logs/) stay at their defaults, relative to the run's --directory.
     """
     return {
-        "synthetic": {"n_train": 60, "n_val": 30, "size": 48, "seed": 0},
+        "synthetic": {"n_train": 60, "n_val": 30, "size": 64, "seed": 0},
         "experiments": {
             "tiny": {
                 "dataset": "synthetic",
                 "task": "15-5",
                 "method": "LGKD",
                 "epochs": 1,
+                "epochs_step0": 1,
                 "backbone": "resnet18_w0.25",
                 "head_channels": 32,
-                "crop_size": 48,
                 "batch_size": 8,
                 "cpus": 1,
             }
@@ -166,6 +166,9 @@ def test_workflow_through_slurm_profile(slurm_cluster: SlurmCluster, tmp_path: P
         ["--snakefile", str(MAIN_SNAKEFILE), "--directory", str(tmp_path),
          "--profile", str(PROFILE), "--configfile", str(cfg),
          "--slurm-keep-successful-logs", "--jobs", "2",
+         # This test cluster has no accounts and no accounting database (sacct).
+         "--slurm-no-account", "--slurm-status-command", "squeue",
+         "--slurm-init-seconds-before-status-checks", "2",
          # --configfile merges into config.yaml's experiments: ask for ours only.
          "results/tiny/table.csv"],
         cwd=REPO, timeout=170,
