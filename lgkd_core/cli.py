@@ -247,26 +247,33 @@ def _add_report(sub) -> None:
     p.set_defaults(func=report.run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = {
+    "synthesize": _add_synthesize,
+    "download": _add_download,
+    "prepare": _add_prepare,
+    "train": _add_train,
+    "evaluate": _add_evaluate,
+    "import-step0": _add_import_step0,
+    "launch": _add_launch,
+    "report": _add_report,
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI; ``only`` builds just that command (its module alone is imported: fast start)."""
     parser = argparse.ArgumentParser(prog="python -m lgkd_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (
-        _add_synthesize,
-        _add_download,
-        _add_prepare,
-        _add_train,
-        _add_evaluate,
-        _add_import_step0,
-        _add_launch,
-        _add_report,
-    ):
-        add(sub)
+    for name, add in COMMANDS.items():
+        if only is None or name == only:
+            add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     _setup_logging()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
