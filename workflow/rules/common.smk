@@ -52,8 +52,10 @@ def run_of(wildcards):
 
 
 def setting(wildcards, key, default=None):
+    """An experiment setting; ``KEY_step0`` wins for step 0 when the wildcards have a step."""
     exp, _ = run_of(wildcards)
-    value = exp.get(key)
+    step = int(wildcards.step) if "step" in wildcards.keys() else None
+    value = exp.get(key, step)
     return default if value is None else value
 
 
