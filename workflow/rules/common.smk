@@ -128,6 +128,11 @@ def _nodes(wc):
 
 # -- used by report.smk ------------------------------------------------------
 
+def _models(wc):
+    exp, _ = run_of(wc)
+    return [f"results/{wc.run}/step{s}/model.pt" for s in range(exp.num_steps())]
+
+
 def _metrics(wc):
     exp, _ = run_of(wc)
     return [f"results/{wc.run}/step{s}/metrics.json" for s in range(exp.num_steps())]

@@ -4,6 +4,7 @@
 rule table:
     input:
         metrics=_metrics,
+        models=_models,
     output:
         table=report(
             "results/{run}/table.csv",
@@ -11,6 +12,11 @@ rule table:
             caption="../report/table.rst",
         ),
         plot=report("results/{run}/miou.png", category="{run}", caption="../report/miou.rst"),
+    params:
+        # Snakemake does not rebuild a deleted intermediate file while the files after it are
+        # present; recording which models exist makes a deleted model.pt re-run its step, the
+        # steps after it and their evaluations (the params trigger).
+        models_present=lambda wc: "".join("1" if os.path.exists(m) else "0" for m in _models(wc)),
     log:
         "logs/{run}/table.log",
     conda:
