@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -197,3 +199,39 @@ def test_reduced_synthetic_run_and_resume(tmp_path):
     jobs = _planned(tmp_path, "--configfile", str(cfg))
     trains = sorted(j["output"][0] for j in jobs if j["rule"] == "train")
     assert trains == ["results/tiny_ft/step1/model.pt"], trains
+
+
+@pytest.mark.slow
+def test_killed_workflow_resumes_the_step_from_its_checkpoint(tmp_path):
+    """SIGKILL snakemake and its training job mid-step; the same command continues from state/."""
+    cfg = tmp_path / "tiny.yaml"
+    tiny = yaml.safe_load(yaml.safe_dump(TINY))
+    tiny["default_experiments"] = ["tiny"]
+    tiny["experiments"]["tiny"].update(epochs_step0=1, epochs=6)
+    cfg.write_text(yaml.safe_dump(tiny))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(tmp_path), "--cores", "2", "--configfile", str(cfg)]  # fmt: skip
+    state = tmp_path / "results" / "tiny" / "step1" / "state"
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not list(state.glob("ckpt-*.pt")):
+            assert proc.poll() is None, "the workflow ended before step 1 wrote a checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the job: a node going away
+        proc.wait(timeout=60)
+    step0 = tmp_path / "results" / "tiny" / "step0" / "model.pt"
+    assert step0.exists() and not (state.parent / "model.pt").exists()
+    before = step0.stat().st_mtime_ns
+    # Snakemake itself was killed too: its lock stays (its own safety), --unlock lifts it; the
+    # profile's rerun-incomplete then lets the same command start again.
+    assert snakemake(["--unlock", "--configfile", str(cfg)], tmp_path).returncode == 0
+    done = snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "logs" / "tiny" / "step1" / "train.log").read_text()
+    assert "resuming step 1 from" in log, log[-2000:]
+    assert step0.stat().st_mtime_ns == before, "finished steps are not re-run"
+    assert (tmp_path / "results" / "tiny" / "table.csv").exists()
