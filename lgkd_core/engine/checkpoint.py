@@ -124,8 +124,12 @@ class StateStore:
             return []
         return sorted(self.directory.glob("ckpt-*.pt"))
 
+    def path(self, global_iter: int) -> Path:
+        """Where the checkpoint after ``global_iter`` iterations is written."""
+        return self.directory / f"ckpt-{global_iter:09d}.pt"
+
     def save(self, global_iter: int, state: dict) -> Path:
-        path = self.directory / f"ckpt-{global_iter:09d}.pt"
+        path = self.path(global_iter)
         atomic_torch_save({"format": STATE_FORMAT, **state}, path)
         for old in self._files()[: -self.keep]:
             old.unlink(missing_ok=True)

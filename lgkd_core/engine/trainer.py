@@ -250,6 +250,28 @@ class StepTrainer:
             log.info("checkpoint %s (epoch %d, batch %d)", path, epoch, batch)
         D.barrier(self.ctx)
 
+    def _checkpoint_if_finite(
+        self, epoch: int, batch: int, global_iter: int, nonfinite: int
+    ) -> bool:
+        """Save a checkpoint unless inside a non-finite streak or with non-finite weights.
+
+        Saving then would prune the last good checkpoint (only the newest are kept) and a resume
+        would restart from the broken state.
+        """
+        finite = nonfinite == 0 and _all_finite(
+            torch.stack([p.detach().float().abs().sum() for p in self.model.parameters()]),
+            self.ctx,
+        )
+        if not finite:
+            if self.ctx.is_main:
+                log.warning(
+                    "not checkpointing iteration %d: losses or weights are not finite",
+                    global_iter,
+                )
+            return False
+        self._save_state(epoch, batch, global_iter)
+        return True
+
     def _try_resume(self) -> tuple[int, int, int]:
         found = self.state.latest() if self.ctx.is_main else None
         found = D.broadcast_object(self.ctx, None if found is None else str(found[0]))
@@ -357,7 +379,11 @@ class StepTrainer:
             enabled=self.ctx.is_main,
             tensorboard_dir=Path(cfg.out) / "tensorboard" if cfg.tensorboard else None,
         )
-        last_ckpt = "none"
+        last_ckpt = (
+            f"{self.state.path(global_iter)} (iteration {global_iter}, resumed)"
+            if global_iter
+            else "none"
+        )
         nonfinite = 0
         self.net.train()
         while epoch < cfg.epochs:
@@ -384,12 +410,13 @@ class StepTrainer:
                 )
                 if cfg.checkpoint_every and global_iter % cfg.checkpoint_every == 0:
                     if batch_idx < self.iters_per_epoch:
-                        self._save_state(epoch, batch_idx, global_iter)
-                        last_ckpt = f"iteration {global_iter}"
+                        if self._checkpoint_if_finite(epoch, batch_idx, global_iter, nonfinite):
+                            last_ckpt = f"{self.state.path(global_iter)} (iteration {global_iter})"
             epoch += 1
             batch0 = 0
-            self._save_state(epoch, 0, global_iter)
-            last_ckpt = f"epoch {epoch}"
+            if self._checkpoint_if_finite(epoch, 0, global_iter, nonfinite):
+                where = f"iteration {global_iter}, end of epoch {epoch - 1}"
+                last_ckpt = f"{self.state.path(global_iter)} ({where})"
         stats = progress.close()
         if self.ctx.is_main:
             log.info(

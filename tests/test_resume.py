@@ -1,0 +1,177 @@
+"""Killed training jobs resume bit-identically; a diverging job stops naming its last good state.
+
+The resume tests run the real command line (``python -m lgkd_core train``) in a subprocess on the
+embedded synthetic data (64 px, a quarter-width ResNet-18), SIGKILL it as soon as its first
+checkpoint exists, run the same command again and compare the final weights, bit for bit, with
+an uninterrupted run (CPU, fixed seed, deterministic algorithms).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lgkd_core.data.synthetic import synthesize
+from lgkd_core.engine.checkpoint import load_model_file, safe_load
+from lgkd_core.engine.trainer import NonFiniteLossError, TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    synthesize(root / "synthetic", seed=1, n_train=48, n_val=8, size=64, workers=1)
+    return root
+
+
+def _train_cmd(data_root: Path, out: Path, step: int, *extra: str) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "lgkd_core", "train", "--dataset", "synthetic", "--task", "15-5",
+        "--step", str(step), "--method", "LGKD", "--data-root", str(data_root), "--out", str(out),
+        "--epochs", "3", "--batch-size", "4", "--lr", "0.05" if step == 0 else "0.01",
+        "--crop-size", "64", "--output-stride", "8", "--backbone", "resnet18_w0.25",
+        "--head-channels", "32", "--device", "cpu", "--seed", "7", "--log-every", "1000",
+    ]  # fmt: skip
+    return cmd + list(extra)
+
+
+def _run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _checkpoints(state: Path) -> list[Path]:
+    return sorted(state.glob("ckpt-*.pt")) if state.is_dir() else []
+
+
+def _kill_after_first_checkpoint(cmd: list[str], state: Path, timeout: float = 240) -> None:
+    """Start ``cmd``, SIGKILL it as soon as a checkpoint file exists under ``state``."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not _checkpoints(state):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, "the job ended before it was killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = load_model_file(a)["model_state"], load_model_file(b)["model_state"]
+    assert sa.keys() == sb.keys()
+    differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:5]}"
+
+
+@pytest.fixture(scope="module")
+def step0_reference(data_root, tmp_path_factory) -> Path:
+    """An uninterrupted step 0 (also the teacher of step 1)."""
+    out = tmp_path_factory.mktemp("ref0")
+    _run(_train_cmd(data_root, out, 0, "--workers", "0"))
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def step1_reference(data_root, step0_reference, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref1")
+    _run(_train_cmd(data_root, out, 1, "--workers", "0", "--teacher", str(step0_reference)))
+    return out / "model.pt"
+
+
+# The uninterrupted references use 0 loader workers and epoch checkpoints: neither loader
+# workers nor the checkpoint interval may change a single bit of the result.
+CASES = {
+    "step0-epoch-ckpt": (0, ["--workers", "0"]),
+    "step0-mid-epoch-ckpt": (0, ["--workers", "0", "--checkpoint-every", "4"]),
+    "step1-lgkd-epoch-ckpt": (1, ["--workers", "0"]),
+    "step1-lgkd-workers2-mid-epoch": (1, ["--workers", "2", "--checkpoint-every", "2"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_job_resumes_bit_identically(
+    case, data_root, step0_reference, step1_reference, tmp_path
+):
+    step, extra = CASES[case]
+    reference = step1_reference if step else step0_reference
+    if step:
+        extra = [*extra, "--teacher", str(step0_reference)]
+    teacher_sha = _sha(step0_reference)
+    out = tmp_path / "run"
+    cmd = _train_cmd(data_root, out, step, *extra)
+
+    _kill_after_first_checkpoint(cmd, out / "state")
+    assert not (out / "model.pt").exists(), "a killed job must not leave a model file"
+    kept = _checkpoints(out / "state")
+    assert kept, "the checkpoint written before the kill is kept"
+    newest = kept[-1]
+    state = safe_load(newest)
+    if "--checkpoint-every" in extra:
+        assert state["batch"] > 0, "the first checkpoint is inside an epoch"
+
+    proc = _run(cmd)
+    assert f"resuming step {step} from {newest}" in proc.stderr, proc.stderr[-3000:]
+    assert f"epoch {state['epoch']}, batch {state['batch']}" in proc.stderr
+    _assert_same_weights(out / "model.pt", reference)
+    assert _sha(step0_reference) == teacher_sha, "the teacher file must not change"
+    assert not _checkpoints(out / "state"), "the state of a finished step is cleared"
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(data_root, step0_reference, tmp_path):
+    out = tmp_path / "changed"
+    cmd = _train_cmd(data_root, out, 0, "--workers", "0")
+    _kill_after_first_checkpoint(cmd, out / "state")
+    proc = _run([*cmd, "--lr", "0.02"])  # a different run: its checkpoints must not be used
+    assert "different configuration" in proc.stderr and "resuming" not in proc.stderr
+    assert (out / "model.pt").is_file()
+
+
+def test_nonfinite_loss_stops_naming_step_iteration_and_checkpoint(data_root, tmp_path):
+    """lr 1e12 blows the weights up after one step; 3 non-finite iterations in a row stop it."""
+    cfg = TrainConfig(
+        dataset="synthetic", task="15-5", step=0, method="LGKD", data_root=data_root,
+        out=tmp_path, epochs=3, batch_size=4, lr=1e12, crop_size=64, output_stride=8,
+        backbone="resnet18_w0.25", head_channels=32, workers=0, device="cpu", log_every=1000,
+        max_nonfinite=3, checkpoint_every=1,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError) as info:
+        train(cfg)
+    msg = str(info.value)
+    found = re.search(
+        r"step 0: 3 consecutive iterations with non-finite loss or gradients, at iteration "
+        r"(\d+) \(epoch 0\); last good checkpoint: (\S+) \(iteration (\d+)[,)]",
+        msg,
+    )
+    assert found, msg
+    stop, path, good = int(found[1]), Path(found[2]), int(found[3])
+    # No checkpoint is written during the streak: it would prune the good one (2 are kept).
+    assert good == stop - 3
+    assert path.is_file() and path.parent == tmp_path / "state", "state/ is kept"
+    state = safe_load(path)
+    assert state["global_iter"] == good
+    assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+    assert _checkpoints(tmp_path / "state") == [path]
+    assert not (tmp_path / "model.pt").exists()
