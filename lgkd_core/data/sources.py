@@ -40,6 +40,16 @@ class DataLayoutError(ValueError):
 class DataFileError(ValueError):
     """One image or mask file is unreadable or has unexpected content."""
 
+    def __init__(self, message: str = "", *args) -> None:
+        # A DataLoader worker's exception is raised again in the main process as
+        # ``DataFileError("Caught DataFileError in DataLoader worker ...<traceback>")``: keep the
+        # original one-line message (it names the file), not the worker's traceback.
+        marker = f"{type(self).__name__}: "
+        if isinstance(message, str) and message.startswith("Caught ") and marker in message:
+            where = message.split("\n", 1)[0].removeprefix(f"Caught {type(self).__name__} ")
+            message = f"{message.rsplit(marker, 1)[1].strip()} ({where.rstrip('.')})"
+        super().__init__(message, *args)
+
 
 def _layout_error(dataset: str, root: Path, missing: Path, data_root: Path) -> DataLayoutError:
     if dataset == "synthetic":
