@@ -175,3 +175,72 @@ def test_nonfinite_loss_stops_naming_step_iteration_and_checkpoint(data_root, tm
     assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
     assert _checkpoints(tmp_path / "state") == [path]
     assert not (tmp_path / "model.pt").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+def test_dead_ddp_rank_fails_the_whole_job(data_root, tmp_path):
+    """torchrun with 2 CPU processes (gloo); SIGKILL rank 1 after the first checkpoint."""
+    out = tmp_path / "ddp"
+    train_args = _train_cmd(data_root, out, 0, "--workers", "0")[3:]
+    train_args[train_args.index("--epochs") + 1] = "50"  # far from done when killed
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "lgkd_core", *train_args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not _checkpoints(out / "state"):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        ranks = {_rank_of(p): p for p in _descendants(proc.pid)}
+        assert 0 in ranks and 1 in ranks, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        killed_at = time.monotonic()
+        try:
+            code = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("torchrun still runs 90 s after a rank died")
+        elapsed = time.monotonic() - killed_at
+        assert code != 0
+        assert not any(Path(f"/proc/{p}").exists() for p in ranks.values()), "a rank survived"
+        stderr = proc.stderr.read().decode()
+        assert "Signals.SIGKILL" in stderr or "exitcode  : -9" in stderr, stderr[-3000:]
+        assert _checkpoints(out / "state"), "the checkpoints written before are kept"
+        assert not (out / "model.pt").exists()
+        print(f"torchrun exited {code} {elapsed:.1f} s after rank 1 was killed")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stderr.close()
