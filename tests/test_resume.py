@@ -57,12 +57,15 @@ def _checkpoints(state: Path) -> list[Path]:
     return sorted(state.glob("ckpt-*.pt")) if state.is_dir() else []
 
 
-def _kill_after_first_checkpoint(cmd: list[str], state: Path, timeout: float = 240) -> None:
-    """Start ``cmd``, SIGKILL it as soon as a checkpoint file exists under ``state``."""
+def _kill_after_first_checkpoint(
+    cmd: list[str], state: Path, timeout: float = 240, ignore: frozenset[str] = frozenset()
+) -> None:
+    """Start ``cmd``, SIGKILL it as soon as a checkpoint file (not named in ``ignore``) exists
+    under ``state``."""
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
-        while not _checkpoints(state):
+        while not [p for p in _checkpoints(state) if p.name not in ignore]:
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.005)
@@ -147,6 +150,36 @@ def test_checkpoint_of_another_configuration_is_not_resumed(data_root, step0_ref
     proc = _run([*cmd, "--lr", "0.02"])  # a different run: its checkpoints must not be used
     assert "different configuration" in proc.stderr and "resuming" not in proc.stderr
     assert (out / "model.pt").is_file()
+
+
+def test_checkpoints_of_another_configuration_do_not_shadow_this_runs(
+    data_root, step0_reference, tmp_path
+):
+    """A killed run with another lr left checkpoints further on than this run's first one: they
+    must neither prune nor hide this run's checkpoints (its progress would be lost)."""
+    out = tmp_path / "run"
+    cmd = _train_cmd(data_root, out, 0, "--workers", "0")
+    other = [*cmd, "--lr", "0.02", "--checkpoint-every", "2"]
+    proc = subprocess.Popen(other, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while len(_checkpoints(out / "state")) < 2 or _checkpoints(out / "state")[-1].name < (
+            "ckpt-000000014.pt"
+        ):
+            assert proc.poll() is None, "the other run ended before it was killed"
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait()
+    foreign = frozenset(p.name for p in _checkpoints(out / "state"))
+    _kill_after_first_checkpoint(cmd, out / "state", ignore=foreign)
+    proc = _run(cmd)
+    # Epoch 1 of this run (iteration 11) comes before the other run's files (12, 14) by name.
+    assert f"resuming step 0 from {out / 'state' / 'ckpt-000000011.pt'}" in proc.stderr, (
+        proc.stderr[-3000:]
+    )
+    _assert_same_weights(out / "model.pt", step0_reference)
+    # The other run's checkpoints are kept aside, not deleted.
+    assert {p.name for p in (out / "state" / "other-config").glob("ckpt-*.pt")} == foreign
 
 
 def test_nonfinite_loss_stops_naming_step_iteration_and_checkpoint(data_root, tmp_path):

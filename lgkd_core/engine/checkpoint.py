@@ -135,16 +135,32 @@ class StateStore:
             old.unlink(missing_ok=True)
         return path
 
-    def latest(self) -> tuple[Path, dict] | None:
-        """The newest readable checkpoint; corrupt ones are reported and skipped."""
+    def latest(self, digest: str | None = None) -> tuple[Path, dict] | None:
+        """The newest readable checkpoint (of the run identified by ``digest``, when given).
+
+        Corrupt ones are reported and skipped. Those of another configuration are moved to
+        ``other-config/``: left in place they would outrank (and get this run's newer
+        checkpoints pruned) whenever their iteration numbers are higher.
+        """
         for path in reversed(self._files()):
             try:
                 state = safe_load(path)
                 if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
                     raise CheckpointError(f"{path} is not an lgkd training state")
-                return path, state
             except CheckpointError as exc:
                 log.warning("skipping unusable checkpoint %s: %s", path, exc)
+                continue
+            if digest is not None and state.get("digest") != digest:
+                aside = self.directory / "other-config" / path.name
+                aside.parent.mkdir(exist_ok=True)
+                os.replace(path, aside)
+                log.warning(
+                    "ignoring %s: it was written with a different configuration (moved to %s)",
+                    path,
+                    aside,
+                )
+                continue
+            return path, state
         return None
 
     def clear(self) -> None:

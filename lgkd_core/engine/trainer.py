@@ -273,19 +273,12 @@ class StepTrainer:
         return True
 
     def _try_resume(self) -> tuple[int, int, int]:
-        found = self.state.latest() if self.ctx.is_main else None
+        found = self.state.latest(self.cfg.digest()) if self.ctx.is_main else None
         found = D.broadcast_object(self.ctx, None if found is None else str(found[0]))
         if found is None:
             return 0, 0, 0
         path = Path(found)
         state = safe_load(path, map_location="cpu")
-        if state.get("digest") != self.cfg.digest():
-            log.warning(
-                "ignoring %s: it was written with a different configuration; starting the step "
-                "from scratch",
-                path,
-            )
-            return 0, 0, 0
         _unwrap(self.net).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
