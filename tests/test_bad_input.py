@@ -209,3 +209,19 @@ def test_teacher_of_another_architecture_is_refused(work, teacher):
     assert torch.equal(
         load_model_file(foreign)["model_state"]["cls.0.weight"], state["cls.0.weight"]
     )
+
+
+# -- options -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [
+        ("--dataset", "vocc", "valid datasets: ade, synthetic, voc"),
+        ("--task", "15-6", "valid tasks: 10-1, 15-1, 15-5,"),
+        ("--method", "MiBB", "valid methods: FT, LwF, ILT, MiB, PLOP, LGKD"),
+        ("--backbone", "resnet19", "choose one of resnet101, resnet50,"),
+        ("--set", "bogus_key=1", "valid keys: ce_type,"),
+    ],
+)
+def test_unknown_values_list_the_allowed_ones(work, option, value, allowed):
+    err = _fails(work, *_train_args(work / "data", option, value))
+    assert repr(value.split("=")[0]) in err and allowed in err

@@ -58,14 +58,18 @@ def _checkpoints(state: Path) -> list[Path]:
 
 
 def _kill_after_first_checkpoint(
-    cmd: list[str], state: Path, timeout: float = 240, ignore: frozenset[str] = frozenset()
+    cmd: list[str],
+    state: Path,
+    timeout: float = 240,
+    ignore: frozenset[str] = frozenset(),
+    count: int = 1,
 ) -> None:
-    """Start ``cmd``, SIGKILL it as soon as a checkpoint file (not named in ``ignore``) exists
-    under ``state``."""
+    """Start ``cmd``, SIGKILL it as soon as ``count`` checkpoint files (not named in ``ignore``)
+    exist under ``state``."""
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
-        while not [p for p in _checkpoints(state) if p.name not in ignore]:
+        while len([p for p in _checkpoints(state) if p.name not in ignore]) < count:
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.005)
@@ -141,6 +145,21 @@ def test_killed_job_resumes_bit_identically(
     _assert_same_weights(out / "model.pt", reference)
     assert _sha(step0_reference) == teacher_sha, "the teacher file must not change"
     assert not _checkpoints(out / "state"), "the state of a finished step is cleared"
+
+
+def test_truncated_newest_checkpoint_is_skipped_for_the_previous_one(
+    data_root, step0_reference, tmp_path
+):
+    out = tmp_path / "run"
+    cmd = _train_cmd(data_root, out, 0, "--workers", "0", "--checkpoint-every", "3")
+    _kill_after_first_checkpoint(cmd, out / "state", count=2)
+    older, newest = _checkpoints(out / "state")[-2:]
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # e.g. a disk that filled up
+    proc = _run(cmd)
+    assert f"skipping unusable checkpoint {newest}" in proc.stderr, proc.stderr[-3000:]
+    assert f"resuming step 0 from {older}" in proc.stderr
+    _assert_same_weights(out / "model.pt", step0_reference)
 
 
 def test_checkpoint_of_another_configuration_is_not_resumed(data_root, step0_reference, tmp_path):
