@@ -17,7 +17,6 @@ from PIL import Image
 
 from lgkd_core.data.synthetic import synthesize
 from lgkd_core.engine.checkpoint import atomic_torch_save, load_model_file
-from lgkd_core.engine.trainer import TrainConfig, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TINY = [
@@ -47,12 +46,13 @@ def work(clean_root, tmp_path) -> Path:
 def teacher(clean_root, tmp_path_factory) -> Path:
     """A real step-0 model of synthetic 15-5 (one short epoch)."""
     out = tmp_path_factory.mktemp("teacher")
-    cfg = TrainConfig(
-        dataset="synthetic", task="15-5", step=0, method="LGKD", data_root=clean_root, out=out,
-        epochs=1, batch_size=4, crop_size=64, output_stride=8, backbone="resnet18_w0.25",
-        head_channels=32, workers=0, device="cpu", log_every=1000,
+    args = [*_train_args(clean_root, "--workers", "0"), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "lgkd_core", *args], env=ENV, capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
-    return train(cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "model.pt"
 
 
 def _snapshot(root: Path) -> dict[str, str]:
