@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -301,3 +302,43 @@ def test_dead_ddp_rank_fails_the_whole_job(data_root, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         proc.stderr.close()
+
+
+def test_dead_rank_without_launcher_fails_the_survivor(data_root, tmp_path):
+    """Ranks started directly (as srun does, no torchrun agent): SIGKILL rank 0, which also
+    hosts the rendezvous store; rank 1 must fail on its own within 90 s, not wait forever."""
+    out = tmp_path / "ddp"
+    cmd = _train_cmd(data_root, out, 0, "--workers", "0")
+    cmd[cmd.index("--epochs") + 1] = "50"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    try:
+        for rank in range(2):
+            env = {
+                **ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+            }  # fmt: skip
+            procs.append(
+                subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            )
+        deadline = time.monotonic() + 240
+        while not _checkpoints(out / "state"):
+            assert all(p.poll() is None for p in procs), procs[0].stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        procs[0].kill()
+        try:
+            code = procs[1].wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("rank 1 still runs 90 s after rank 0 died")
+        assert code != 0
+        assert "Connection" in procs[1].stderr.read().decode()
+        assert _checkpoints(out / "state"), "the checkpoints written before are kept"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stderr.close()
