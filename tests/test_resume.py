@@ -38,10 +38,12 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def _train_cmd(data_root: Path, out: Path, step: int, *extra: str) -> list[str]:
+    """Step 0: 11 iterations per epoch; step 1: 5 (4 epochs, to leave time to kill it)."""
     cmd = [
         sys.executable, "-m", "lgkd_core", "train", "--dataset", "synthetic", "--task", "15-5",
         "--step", str(step), "--method", "LGKD", "--data-root", str(data_root), "--out", str(out),
-        "--epochs", "3", "--batch-size", "4", "--lr", "0.05" if step == 0 else "0.01",
+        "--epochs", "3" if step == 0 else "4", "--batch-size", "4",
+        "--lr", "0.05" if step == 0 else "0.01",
         "--crop-size", "64", "--output-stride", "8", "--backbone", "resnet18_w0.25",
         "--head-channels", "32", "--device", "cpu", "--seed", "7", "--log-every", "1000",
     ]  # fmt: skip
