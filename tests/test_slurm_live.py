@@ -185,3 +185,39 @@ def test_workflow_through_slurm_profile(slurm_cluster: SlurmCluster, tmp_path: P
     rule_logs = " ".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*.log"))
     for job_id in all_ids:
         assert re.search(rf"\b{job_id}\b", rule_logs), f"job {job_id} not named in logs/"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (PROFILE / "config.yaml").exists() or MAIN_SNAKEFILE is None or not ENGINE_READY,
+    reason="profiles/slurm/config.yaml, the main Snakefile or lgkd_core.models is not there yet",
+)
+def test_time_limit_kill_then_retry_resumes(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """Step 0 outlives its 1-minute limit; SLURM kills it, the retry (2 minutes) resumes it."""
+    assert MAIN_SNAKEFILE is not None
+    config = _tiny_experiment_config()
+    # About 2 minutes of training (2 threads): killed at the 1-minute limit, done on the retry.
+    config["experiments"]["tiny"].update(epochs_step0=400, runtime=1)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(SNAKEMAKE), "--snakefile", str(MAIN_SNAKEFILE), "--directory", str(tmp_path),
+         "--profile", str(PROFILE), "--configfile", str(cfg), "--retries", "1",
+         "--slurm-keep-successful-logs", "--jobs", "2",
+         "--slurm-no-account", "--slurm-status-command", "squeue",
+         "--slurm-init-seconds-before-status-checks", "2",
+         "results/tiny/step0/model.pt"],
+        cwd=REPO, capture_output=True, text=True, timeout=420,
+    )  # fmt: skip
+    print(f"\n[slurm] time-limit retry run took {time.monotonic() - started:.0f} s")
+    attempts = _slurm_log_job_ids(tmp_path).get("train", [])
+    assert len(attempts) == 2, (attempts, proc.stderr[-3000:])
+    log = (tmp_path / "logs" / "tiny" / "step0" / "train.log").read_text()
+    # The retry continued where the killed attempt stopped (its log is the retry's).
+    assert f"SLURM job {max(attempts, key=int)}" in log
+    resumed = re.search(r"resuming step 0 from \S+: epoch (\d+)", log)
+    assert resumed and int(resumed.group(1)) > 0, log[:3000]
+    # On a loaded machine the retry may run out of time as well; when it did not, it finished.
+    if proc.returncode == 0:
+        assert (tmp_path / "results" / "tiny" / "step0" / "model.pt").exists()
