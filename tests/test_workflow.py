@@ -179,6 +179,12 @@ def test_reduced_synthetic_run_and_resume(tmp_path):
     assert (logs / "step1" / "train.log").read_text().count("resuming") == 0
     assert not list((tmp_path / "results" / "tiny" / "step1" / "state").glob("*.pt"))
 
+    # The HTML report holds the flagged tables and plots.
+    report = tmp_path / "report.html"
+    proc = snakemake(["--report", str(report), "--configfile", str(cfg)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert report.stat().st_size > 10_000 and "Adding miou.png" in proc.stdout + proc.stderr
+
     # Finished: nothing to do.
     proc = snakemake(["-n", "--configfile", str(cfg)], tmp_path)
     assert "Nothing to be done" in proc.stdout + proc.stderr
