@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -164,5 +165,7 @@ class StateStore:
         return None
 
     def clear(self) -> None:
+        """The step is done: remove its checkpoints and those set aside from other configs."""
         for path in self._files():
             path.unlink(missing_ok=True)
+        shutil.rmtree(self.directory / "other-config", ignore_errors=True)
