@@ -36,6 +36,9 @@ def local_pod_embedding(x: torch.Tensor, scales: Sequence[int] = (1, 2, 4)) -> t
             f"local POD needs square maps at least {max(scales)} wide (got {tuple(x.shape)}); "
             "use a larger crop size (the logits are at 1/16 of the input)"
         )
+    finest = max(scales)
+    if x.shape[-2] == w and w % finest == 0 and all(finest % s == 0 for s in scales):
+        return _nested_embedding(x, scales)
     parts = []
     for s in scales:
         k = w // s
@@ -43,6 +46,28 @@ def local_pod_embedding(x: torch.Tensor, scales: Sequence[int] = (1, 2, 4)) -> t
         cells = x[..., : s * k, : s * k].reshape(b, c, s, k, s, k)
         width_pool = cells.mean(dim=5).permute(0, 2, 4, 1, 3)  # (B, s_i, s_j, C, k rows)
         height_pool = cells.mean(dim=3).permute(0, 2, 3, 1, 4)  # (B, s_i, s_j, C, k cols)
+        parts.append(torch.stack([width_pool, height_pool], dim=3).reshape(b, -1))
+    return torch.cat(parts, dim=1)
+
+
+def _nested_embedding(x: torch.Tensor, scales: Sequence[int]) -> torch.Tensor:
+    """:func:`local_pod_embedding` when every cell of every scale is a union of finest cells
+    (square map, width divisible by the finest scale, which every scale divides).
+
+    Why: the per-scale means each read (and in backward, write) the whole map; here two means at
+    the finest grid do, and every scale is averaged from them (equal-sized blocks, same values).
+    """
+    b, c, _, w = x.shape
+    n = max(scales)
+    row_means = x.reshape(b, c, w, n, w // n).mean(dim=4)  # (B, C, rows, n column blocks)
+    col_means = x.reshape(b, c, n, w // n, w).mean(dim=3)  # (B, C, n row blocks, cols)
+    parts = []
+    for s in scales:
+        k, f = w // s, n // s
+        width_pool = row_means.reshape(b, c, w, s, f).mean(dim=4)  # (B, C, rows, s_j)
+        width_pool = width_pool.reshape(b, c, s, k, s).permute(0, 2, 4, 1, 3)
+        height_pool = col_means.reshape(b, c, s, f, w).mean(dim=3)  # (B, C, s_i, cols)
+        height_pool = height_pool.reshape(b, c, s, s, k).permute(0, 2, 3, 1, 4)
         parts.append(torch.stack([width_pool, height_pool], dim=3).reshape(b, -1))
     return torch.cat(parts, dim=1)
 
