@@ -14,6 +14,9 @@ import torch.distributed as dist
 
 from lgkd_core.tasks import Task
 
+_CPU_CHUNK = 1 << 18  # pixels per bincount on CPU (buffers of 1-2 MiB)
+_NARROW = (torch.uint8, torch.int8, torch.int16, torch.int32)
+
 
 def _nanmean(values: torch.Tensor) -> float:
     """Mean of the non-NaN entries; NaN when there are none."""
@@ -50,13 +53,44 @@ class ConfusionMatrix:
         if self.matrix.device != target.device:
             self.matrix = self.matrix.to(target.device)
         n = self.num_classes
-        target = target.reshape(-1).long()
-        pred = pred.reshape(-1).to(target.device).long()
-        keep = (target >= 0) & (target < n) & (target != self.ignore_index)
-        target, pred = target[keep], pred[keep]
-        if pred.numel() and not bool(((pred >= 0) & (pred < n)).all()):
-            raise ValueError(f"pred holds class ids outside 0..{n - 1} (num_classes = {n})")
-        self.matrix += torch.bincount(target * n + pred, minlength=n * n).view(n, n)
+        target = target.reshape(-1)
+        pred = pred.reshape(-1).to(target.device)
+        if pred.is_floating_point():
+            pred = pred.long()
+        if target.is_floating_point():
+            target = target.long()
+        if not target.numel():
+            return
+        # Why no boolean gather of the counted pixels: on CPU it cost 4x numpy's per-image update.
+        # Targets are clamped to -1..n, so skipped pixels land in rows -1 and n of the count,
+        # which are dropped; int32 index maths in two reused buffers (clamping before the cast,
+        # so no value wraps), by CPU chunks of 2**18 pixels that stay in cache; one chunk on GPUs.
+        dev = target.device
+        chunk = min(_CPU_CHUNK if dev.type == "cpu" else target.numel(), target.numel())
+        dtype = torch.int32 if (n + 2) * n < 2**31 else torch.int64
+        row_buf = torch.empty(chunk, dtype=dtype, device=dev)
+        pred_buf = torch.empty(chunk, dtype=dtype, device=dev)
+        wide = target.dtype not in _NARROW and dtype != torch.int64
+        wide_buf = torch.empty(chunk, dtype=target.dtype, device=dev) if wide else None
+        counts = torch.zeros((n + 2) * n, dtype=torch.int64, device=dev)
+        for t, p in zip(target.split(chunk), pred.split(chunk), strict=True):
+            lo, hi = torch.aminmax(p)
+            if bool((lo < 0) | (hi >= n)):  # refused where counted, else kept off the matrix
+                keep = (t >= 0) & (t < n) & (t != self.ignore_index)
+                if bool(((p < 0) | (p >= n))[keep].any()):
+                    raise ValueError(f"pred holds class ids outside 0..{n - 1} (num_classes = {n})")
+                p = p.clamp(0, n - 1)
+            k = t.numel()
+            row, p_cast = row_buf[:k], pred_buf[:k].copy_(p)
+            if wide_buf is not None:
+                row.copy_(torch.clamp(t, -1, n, out=wide_buf[:k]))
+            else:
+                row.copy_(t).clamp_(-1, n)
+            if 0 <= self.ignore_index < n:
+                row.masked_fill_(t == self.ignore_index, -1)
+            torch.add(p_cast, row, alpha=n, out=row).add_(n)  # (row + 1) * n + pred, >= 0
+            counts += torch.bincount(row, minlength=(n + 2) * n)
+        self.matrix += counts[n : n * (n + 1)].view(n, n)
 
     def all_reduce(self) -> None:
         """Sum the matrices of all torch.distributed ranks (no-op when not initialised)."""
