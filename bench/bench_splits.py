@@ -58,7 +58,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     set_threads(args.threads)
     print_machine("bench_splits: split preparation (overlap filtering), VOC 15-1")
-    n_train, n_val = (200, 30) if args.quick else (10_000, 1_449)
+    n_train, n_val = (120, 20) if args.quick else (10_000, 1_449)
     task = get_task(*TASK)
     with tempfile.TemporaryDirectory(prefix="bench_splits_") as tmp:
         tmp = Path(tmp)
