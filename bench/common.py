@@ -135,7 +135,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 
 def ratio_line(name: str, ratio: float, baseline: str, target: float) -> str:
     """Print and return ``RATIO name: Rx vs baseline (target >= T: met/not met)``."""
-    verdict = "met" if ratio >= target else "not met"
+    verdict = "met" if round(ratio, 2) >= target else "not met"  # as printed
     line = f"RATIO {name}: {ratio:.2f}x vs {baseline} (target >= {target:g}: {verdict})"
     print(line)
     sys.stdout.flush()
