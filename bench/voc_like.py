@@ -18,23 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lgkd_core.data.synthetic import voc_palette
+
 WIDTH, HEIGHT = 500, 375
 ROOT_NAME = "PascalVOC2012"  # lgkd_core.data.sources: data_root / PascalVOC2012
-
-
-def voc_palette() -> list[int]:
-    """VOC's colour map (bit-interleaved class ids), 256 RGB entries flattened."""
-    out = []
-    for k in range(256):
-        r = g = b = 0
-        c = k
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out += [r, g, b]
-    return out
 
 
 def make_mask(rng: np.random.Generator, classes: list[int]) -> Image.Image:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -165,7 +164,10 @@ class StateStore:
         return None
 
     def clear(self) -> None:
-        """The step is done: remove its checkpoints and those set aside from other configs."""
+        """The step is done: remove its checkpoints.
+
+        Those set aside in ``other-config/`` stay: they are another configuration's progress,
+        which only the user can decide to discard.
+        """
         for path in self._files():
             path.unlink(missing_ok=True)
-        shutil.rmtree(self.directory / "other-config", ignore_errors=True)
