@@ -1,11 +1,12 @@
 """Atomic files, the step model file (``model.pt``) and the epoch checkpoints under ``state/``.
 
 Every load goes through ``torch.load(..., weights_only=True)``: a file can hold tensors and plain
-containers, never code.
+containers (and numpy numbers, which the reference's checkpoints hold), never code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -61,13 +63,30 @@ def config_digest(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _numpy_scalar_globals() -> list:
+    """What ``weights_only`` loading needs to read plain numpy numbers (no code, no arrays).
+
+    The reference's ``save_ckpt`` stores ``best_score``, a numpy float64 (its metrics are numpy),
+    so the authors' released step-0 files hold one, pickled under numpy 1.x's name
+    ``numpy.core.multiarray.scalar`` (numpy 2 writes ``numpy._core.multiarray.scalar``).
+    """
+    scalar = np.float64(0).__reduce__()[0]
+    dtypes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"}
+    names = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+    return [*((scalar, name) for name in names), np.dtype, *dtypes]
+
+
 def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` restricted to tensors and plain containers; clear errors for bad files."""
+    """``torch.load`` restricted to tensors, plain containers and numpy numbers; clear errors
+    for bad files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    # torch < 2.5 has no safe_globals: there, files holding numpy numbers are refused.
+    allow = getattr(torch.serialization, "safe_globals", None)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with allow(_numpy_scalar_globals()) if allow else contextlib.nullcontext():
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):

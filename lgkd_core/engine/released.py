@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lgkd_core.engine.checkpoint import save_model_file
-from lgkd_core.engine.teacher import STRUCTURE_KEYS, check_layout, load_step_file, load_weights
+from lgkd_core.engine.checkpoint import load_model_file, save_model_file
+from lgkd_core.engine.teacher import STRUCTURE_KEYS, check_layout, load_weights
 from lgkd_core.models import build_model
 from lgkd_core.tasks import get_task
 
@@ -43,7 +43,7 @@ def import_step0(
     """Check ``source`` against step 0 of the task and ``arch``; write it to ``out`` atomically."""
     path = fetch_source(source, cache_dir)
     task = get_task(dataset, task_name)
-    payload = load_step_file(path)
+    payload = load_model_file(path)
     check_layout(payload, path, task, 0)
     arch = {"output_stride": 16, "head_channels": 256, **arch}
     for key in STRUCTURE_KEYS:

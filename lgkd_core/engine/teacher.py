@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,29 +15,6 @@ ARCH_KEYS = ("backbone", "norm", "output_stride", "head_channels")
 # Structural keys a model file may pin; the norm implementation is the running job's choice
 # (the state_dict keys are the same for every norm kind).
 STRUCTURE_KEYS = ("backbone", "output_stride", "head_channels")
-
-
-@lru_cache(maxsize=1)
-def _numpy_scalar_globals() -> tuple:
-    """What ``weights_only`` loading needs to read plain numpy numbers (no code, no arrays).
-
-    The reference's ``save_ckpt`` stores ``best_score``, a numpy float64 (its metrics are numpy),
-    so the authors' released step-0 files hold one, pickled under numpy 1.x's name
-    ``numpy.core.multiarray.scalar`` (numpy 2 writes ``numpy._core.multiarray.scalar``).
-    """
-    scalar = np.float64(0).__reduce__()[0]
-    dtypes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"}
-    names = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
-    return (*((scalar, name) for name in names), np.dtype, *dtypes)
-
-
-def load_step_file(path: Path) -> dict:
-    """``load_model_file`` that also reads the reference's checkpoints (numpy scalars inside)."""
-    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-    if allow is None:
-        return load_model_file(path)
-    with allow(list(_numpy_scalar_globals())):
-        return load_model_file(path)
 
 
 def check_layout(payload: dict, path: Path, task: Task, step: int) -> None:
@@ -97,7 +72,7 @@ def build_from_file(
     path: Path, task: Task, step: int, arch: dict, device: torch.device
 ) -> tuple[nn.Module, dict]:
     """The step-``step`` model stored in ``path``, checked against the task, on ``device``."""
-    payload = load_step_file(path)
+    payload = load_model_file(path)
     check_layout(payload, path, task, step)
     arch = {**arch, **{k: payload[k] for k in STRUCTURE_KEYS if k in payload}}
     model = build_model(classes_per_step=task.classes_per_step(step), **arch)
