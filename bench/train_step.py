@@ -3,7 +3,8 @@
 As ``lgkd_core.engine.trainer.StepTrainer._losses`` + ``_optimize``: frozen teacher forward with
 features (under ``teacher_mode``), student forward with features, ``step_losses`` with the LGKD
 preset (pseudo-label thresholds computed once beforehand), backward (through a GradScaler for
-fp16), SGD with Nesterov momentum. Autocast wraps both forwards, as in the trainer.
+fp16), the trainer's SGD (``make_optimizer``); the non-finite check (one host sync) is left out.
+Autocast wraps both forwards, as in the trainer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 
 import torch
 
+from lgkd_core.engine.schedule import make_optimizer
 from lgkd_core.losses import EntropyThresholds, step_losses
 from lgkd_core.methods import get_method
 from lgkd_core.models import build_model, init_balanced
@@ -62,9 +64,7 @@ class TrainStep:
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, None: None}[amp]
         self.teacher_mode = TEACHER_MODES[teacher_mode]
         self.method = get_method("LGKD", "voc", "15-1")
-        self.optimizer = torch.optim.SGD(
-            student.parameters(), lr=0.001, momentum=0.9, nesterov=True, weight_decay=1e-4
-        )
+        self.optimizer = make_optimizer(student, lr=0.001)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         acc = EntropyThresholds(NUM_OLD, NUM_OLD + NUM_NEW, device=self.device)
         with torch.no_grad(), self._autocast():
