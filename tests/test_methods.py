@@ -9,14 +9,20 @@ from lgkd_core.tasks import list_tasks
 
 
 def test_preset_names_and_case_insensitivity():
-    assert set(PRESETS) == {"FT", "LwF", "ILT", "MiB", "PLOP", "LGKD"}
+    assert set(PRESETS) == {
+        *("FT", "Joint", "LwF", "LwF-MC", "ILT", "EWC", "PI", "RW"),
+        *("MiB", "PLOP", "LGKD", "MiB+LGKD"),
+    }
     assert get_method("lwf", "voc", "15-1").name == "LwF"
+    assert get_method("lwf-mc", "voc", "15-1").name == "LwF-MC"
+    assert get_method("LWF-MC", "voc", "15-1").name == "LwF-MC"  # the reference's spelling
+    assert get_method("mib+lgkd", "voc", "15-1").name == "MiB+LGKD"
     assert get_method("LGKD", "voc", "15-1") == get_method("lgkd", "voc", "15-1")
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="FT, LwF, ILT, MiB, PLOP, LGKD"):
-        get_method("EWC", "voc", "15-1")
+    with pytest.raises(ValueError, match="FT, Joint, LwF, LwF-MC, ILT, EWC, PI, RW, MiB"):
+        get_method("SDR", "voc", "15-1")
 
 
 def test_unknown_override_lists_valid_keys():
@@ -107,6 +113,12 @@ def test_every_field_is_overridable():
         "median": "exact",
         "adaptive_factor": False,
         "init_balanced": False,
+        "icarl": 2.0,
+        "regularizer": "rw",
+        "reg_importance": 5.0,
+        "reg_alpha": 0.5,
+        "reg_normalize": False,
+        "reg_iterations": 3,
     }
     fields = {f.name for f in dataclasses.fields(MethodConfig)} - {"name"}
     assert set(values) == fields

@@ -3,24 +3,29 @@
 Step 0 (no teacher): plain cross-entropy on the raw labels, mean over all pixels.
 Step t >= 1, for a :class:`~lgkd_core.methods.MethodConfig` ``m`` (REFERENCE.md 5.3-5.12):
 
-* ``ce``: cross-entropy (``m.ce_type``: ``"ce"`` or MiB's ``"unce"``) on full-resolution logits,
-  mean over all B*H*W pixels. With ``m.pseudo == "entropy"`` background pixels are first replaced
-  by the teacher's confident predictions (others ignored) and, with ``m.adaptive_factor``, each
-  image's per-pixel loss is scaled by its fraction of accepted background pixels.
+* ``ce``: cross-entropy (``m.ce_type``: ``"ce"``, MiB's ``"unce"`` or LwF-MC's one-hot ``"bce"``)
+  on full-resolution logits, mean over all B*H*W pixels. With ``m.pseudo == "entropy"``
+  background pixels are first replaced by the teacher's confident predictions (others ignored)
+  and, with ``m.adaptive_factor``, each image's per-pixel loss is scaled by its fraction of
+  accepted background pixels.
 * ``kd`` (when ``m.kd_type`` is set and ``m.loss_kd > 0``): ``loss_kd`` times
   - ``"kd"`` / ``"unkd"``: KD / unbiased KD on full-resolution logits;
   - ``"lgkd"``: label-guided KD on the output-stride logits (``feats.logits_small``) with the
     *original* (not pseudo) labels sampled by nearest interpolation at the small logits' size
     (the top-left pixel of each cell when the size divides, as the reference's 1/16 rescale).
+* ``icarl`` (``m.icarl > 0``, LwF-MC): ``icarl`` times the sigmoid distillation of the old
+  channels (:func:`~lgkd_core.losses.icarl.icarl_distillation`).
 * ``de`` (``m.loss_de > 0``): ``loss_de`` times the MSE between the students' and teacher's
   ``feats.body``.
 * ``pod`` (``m.pod``): local POD over ``feats.stages`` (factor ``pod_factor`` each) and
   ``feats.logits_small`` (factor ``pod_logits_factor``, new-class logits summed into background),
   times sqrt(num_seen / num_new), divided by the number of maps.
 
-``total`` is their sum. Only the components the method uses are present. Features are any
-objects with attributes ``stages`` (list of (B, C_l, h_l, w_l)), ``body`` and ``logits_small``
-(B, C, h, w). Everything is computed in fp32 with autocast disabled.
+``total`` is their sum. Only the components the method uses are present. The EWC / PI / RW
+weight penalty (``reg``) depends on the parameters, not the outputs: the trainer adds it
+(:mod:`lgkd_core.losses.regularizers`). Features are any objects with attributes ``stages``
+(list of (B, C_l, h_l, w_l)), ``body`` and ``logits_small`` (B, C, h, w). Everything is
+computed in fp32 with autocast disabled.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lgkd_core.losses.bce import bce_with_ignore
 from lgkd_core.losses.ce import cross_entropy, unbiased_cross_entropy
 from lgkd_core.losses.distillation import ilt_feature_loss, kd_loss, lgkd_loss, unbiased_kd_loss
+from lgkd_core.losses.icarl import icarl_distillation
 from lgkd_core.losses.pod import pod_loss
 from lgkd_core.losses.pseudo import pseudo_label_entropy
 from lgkd_core.methods import MethodConfig
@@ -124,6 +131,8 @@ def _incremental(
             weight = factor[:, None, None]
     if m.ce_type == "unce":
         out["ce"] = unbiased_cross_entropy(logits, ce_labels, num_old, ignore_index, weight)
+    elif m.ce_type == "bce":
+        out["ce"] = bce_with_ignore(logits, ce_labels, ignore_index, weight)
     else:
         out["ce"] = cross_entropy(logits, ce_labels, ignore_index, weight)
 
@@ -140,6 +149,9 @@ def _incremental(
         else:
             kd = kd_loss(logits, t_logits, m.alpha)
         out["kd"] = m.loss_kd * kd
+
+    if m.uses_icarl:
+        out["icarl"] = m.icarl * icarl_distillation(logits, t_logits)
 
     if m.uses_de:
         body = _need(feats, "body for ILT", m).body
