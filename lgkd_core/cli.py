@@ -65,6 +65,17 @@ def _add_download(sub) -> None:
     p.set_defaults(func=download.run)
 
 
+def _add_download_pretrained(sub) -> None:
+    from lgkd_core.data import pretrained
+
+    p = sub.add_parser(
+        "download-pretrained",
+        help="download the In-Place ABN ImageNet ResNet-101 (resumable, MD5-checked)",
+    )
+    pretrained.add_arguments(p)
+    p.set_defaults(func=pretrained.run)
+
+
 # -- prepare ---------------------------------------------------------------------------------
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="write the per-step image id lists of a task")
@@ -101,7 +112,17 @@ def _add_train(sub) -> None:
     p.add_argument("--splits", type=Path, help="folder with step{s}-train.txt lists")
     p.add_argument("--teacher", type=Path, help="model.pt of the previous step")
     p.add_argument("--state-dir", type=Path, help="epoch checkpoints (default OUT/state)")
-    p.add_argument("--pretrained", type=Path, help="ImageNet backbone weights (step 0)")
+    p.add_argument(
+        "--pretrained",
+        default="none",
+        help="step 0's backbone start: iabn (DATA_ROOT/pretrained/resnet101_iabn_sync.pth.tar, "
+        "MD5-checked), torchvision (its ImageNet weights), none (random weights, with a "
+        "warning; the default) or the path of a backbone checkpoint",
+    )
+    p.add_argument(
+        "--pretrained-md5",
+        help="expected MD5 of the In-Place ABN file (default: the published one)",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=24, help="global batch over all processes")
     p.add_argument("--lr", type=float, help="default: 0.01/0.001 (VOC), 0.02/0.002 (ADE)")
@@ -123,6 +144,11 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--tensorboard", action="store_true")
+    p.add_argument(
+        "--importance",
+        action="store_true",
+        help="step 0: also gather the EWC/PI/RW importance statistics (same weights)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -147,6 +173,7 @@ def _run_train(args) -> int:
         teacher=args.teacher,
         state_dir=args.state_dir,
         pretrained=args.pretrained,
+        pretrained_md5=args.pretrained_md5,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -167,6 +194,7 @@ def _run_train(args) -> int:
         device=args.device,
         log_every=args.log_every,
         tensorboard=args.tensorboard,
+        importance=args.importance,
     )
     train(cfg)
     return 0
@@ -247,15 +275,34 @@ def _add_report(sub) -> None:
     p.set_defaults(func=report.run)
 
 
+def _add_compare(sub) -> None:
+    from lgkd_core import compare
+
+    p = sub.add_parser("compare", help="every method of a setting beside the published numbers")
+    compare.add_arguments(p)
+    p.set_defaults(func=compare.run)
+
+
+def _add_methods(sub) -> None:
+    from lgkd_core import methods
+
+    p = sub.add_parser("methods", help="the method presets and their loss weights, as CSV")
+    methods.add_arguments(p)
+    p.set_defaults(func=methods.run)
+
+
 COMMANDS = {
     "synthesize": _add_synthesize,
     "download": _add_download,
+    "download-pretrained": _add_download_pretrained,
     "prepare": _add_prepare,
     "train": _add_train,
     "evaluate": _add_evaluate,
     "import-step0": _add_import_step0,
     "launch": _add_launch,
     "report": _add_report,
+    "compare": _add_compare,
+    "methods": _add_methods,
 }
 
 

@@ -7,10 +7,23 @@ argument lists of ``python -m lgkd_core train/evaluate``. It does not import Sna
 
 A *run* is one chain of steps, stored under ``results/<run>/``: ``EXP`` for a plain experiment,
 ``EXP/members/<task>-seed<seed>`` for each member of a sweep (``orders:`` and/or ``seeds:``).
+
+A *setting* (``settings:`` in config.yaml) is one incremental setting with a list of methods: it
+expands into one experiment per method (the ``main`` method, LGKD by default, is named after the
+setting, every other one ``<setting>_<method slug>``, e.g. ``voc_15-1_plop``), and names the
+dataset's Joint experiment (task ``offline``) that gives the setting its upper bound.
+
+Step 0 is plain cross-entropy for every method, so runs whose step 0 would be trained the same
+way (same dataset, class order, seed and every setting that reaches step 0's training command)
+share one: it is trained once under the run ``step0-<dataset>-<order>-seed<seed>-<digest>``
+and linked into each run's ``step0/`` (:func:`shared_step0_run`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -18,12 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lgkd_core.methods import get_method
+from lgkd_core.methods import get_method, method_names
 from lgkd_core.tasks import Task, get_task, list_datasets
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 RUN_PATTERN = rf"{NAME_PATTERN}(?:/members/{NAME_PATTERN})?"
 _STEP0_SUFFIX = "_step0"
+SHARED_STEP0_PREFIX = "step0-"
+# Methods whose step >= 1 penalty needs importance statistics gathered while step 0 trained.
+REGULARIZER_METHODS = ("EWC", "PI", "RW")
+_SETTING_KEYS = ("dataset", "task", "methods", "main", "joint", "per_method")
 
 
 class ConfigError(ValueError):
@@ -37,6 +54,7 @@ class Member:
     task: str
     seed: int
     name: str | None = None  # None for a plain (non-sweep) experiment
+    shared_step0: str | None = None  # the run that trains this member's step 0, if shared
 
 
 @dataclass
@@ -47,6 +65,7 @@ class Experiment:
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
     members: list[Member] = field(default_factory=list)
+    is_shared_step0: bool = False  # a generated run that only trains a shared step 0
 
     @property
     def is_sweep(self) -> bool:
@@ -81,57 +100,221 @@ def _task(dataset: str, name: str, where: str) -> Task:
         raise ConfigError(f"{where}: {err}") from None
 
 
+def _experiment(name: str, raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> Experiment:
+    where = f"experiments.{name}"
+    if not re.fullmatch(NAME_PATTERN, str(name)) or ".." in str(name):
+        raise ConfigError(
+            f"{where}: experiment names may use letters, digits, '_', '-' and '.' only "
+            "(they become folders under results/)"
+        )
+    if str(name).startswith(SHARED_STEP0_PREFIX):
+        raise ConfigError(
+            f"{where}: names starting with {SHARED_STEP0_PREFIX!r} are kept for the shared "
+            "step-0 runs the workflow makes; rename the experiment"
+        )
+    dataset = raw.get("dataset")
+    if dataset not in list_datasets():
+        raise ConfigError(
+            f"{where}.dataset: {dataset!r} is not a dataset; valid: {', '.join(list_datasets())}"
+        )
+    task = _task(dataset, raw.get("task"), f"{where}.task")
+    settings = {**(defaults.get(dataset) or {}), **raw}
+    for key in ("dataset", "task", "method", "orders", "seeds"):
+        settings.pop(key, None)
+    try:
+        method = get_method(raw.get("method"), dataset, task.name, settings.get("loss") or {})
+    except ValueError as err:
+        key = "loss" if "setting" in str(err) else "method"
+        raise ConfigError(f"{where}.{key}: {err}") from None
+    if method.name == "Joint" and task.name != "offline":
+        raise ConfigError(
+            f"{where}.task: method Joint is the offline upper bound and trains task 'offline' "
+            f"(all classes at once), not {task.name!r}; use method FT for fine-tuning"
+        )
+    step0 = settings.get("step0_checkpoint")
+    if method.name in REGULARIZER_METHODS and (step0 or not settings.get("step0_importance")):
+        raise ConfigError(
+            f"{where}: method {method.name} penalises changes by importance statistics that step "
+            "0 gathers while it trains; set step0_importance: true and do not use "
+            "step0_checkpoint (released step-0 models do not carry them)"
+        )
+    orders = raw.get("orders") or [task.name]
+    for order in orders:
+        other = _task(dataset, order, f"{where}.orders")
+        if other.num_steps != task.num_steps:
+            raise ConfigError(
+                f"{where}.orders: {order!r} has {other.num_steps} steps but {task.name!r} "
+                f"has {task.num_steps}; the orders of a sweep must be variants of one setting"
+            )
+    seeds = raw.get("seeds") or [settings.get("seed", 42)]
+    sweep = "orders" in raw or "seeds" in raw
+    members = [
+        Member(order, int(seed), f"{order}-seed{seed}" if sweep else None)
+        for order in orders
+        for seed in seeds
+    ]
+    if step0 and sweep and len(orders) > 1:
+        raise ConfigError(
+            f"{where}.step0_checkpoint: one step-0 model cannot serve several class orders"
+        )
+    return Experiment(name, dataset, task.name, method.name, settings, members)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A setting of ``settings:``: its experiment per method and its Joint experiment."""
+
+    name: str
+    dataset: str
+    task: str
+    experiments: dict[str, str]  # method -> experiment name
+    joint: str | None = None
+
+
+def method_slug(method: str) -> str:
+    """``MiB+LGKD`` -> ``mib-lgkd``: the suffix of a setting's experiment for ``method``."""
+    return re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
+
+
+def _canonical_method(name: Any, where: str) -> str:
+    for valid in method_names():
+        if str(name).lower() == valid.lower():
+            return valid
+    raise ConfigError(f"{where}: unknown method {name!r}; valid: {', '.join(method_names())}")
+
+
+def _expand_setting(name: str, raw: Mapping[str, Any]) -> tuple[Setting, dict[str, dict]]:
+    where = f"settings.{name}"
+    if not re.fullmatch(NAME_PATTERN, str(name)):
+        raise ConfigError(f"{where}: setting names may use letters, digits, '_', '-' and '.' only")
+    methods = [_canonical_method(m, f"{where}.methods") for m in raw.get("methods") or []]
+    if not methods:
+        raise ConfigError(f"{where}.methods: list at least one method")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"{where}.methods: a method is listed twice")
+    if "Joint" in methods:
+        raise ConfigError(
+            f"{where}.methods: Joint trains task 'offline'; define it once per dataset under "
+            f"experiments: and name it with {where}.joint"
+        )
+    main = _canonical_method(raw.get("main", "LGKD" if "LGKD" in methods else methods[0]),
+                             f"{where}.main")  # fmt: skip
+    if main not in methods:
+        raise ConfigError(f"{where}.main: {main} is not one of {where}.methods")
+    per_method = raw.get("per_method") or {}
+    for key in per_method:
+        if _canonical_method(key, f"{where}.per_method") not in methods:
+            raise ConfigError(f"{where}.per_method.{key}: not one of {where}.methods")
+    shared = {k: v for k, v in raw.items() if k not in _SETTING_KEYS}
+    names, generated = {}, {}
+    for method in methods:
+        exp_name = name if method == main else f"{name}_{method_slug(method)}"
+        extra = next((v for k, v in per_method.items() if _canonical_method(k, "") == method), {})
+        generated[exp_name] = {
+            "dataset": raw.get("dataset"),
+            "task": raw.get("task"),
+            "method": method,
+            **shared,
+            **(extra or {}),
+        }
+        names[method] = exp_name
+    setting = Setting(name, raw.get("dataset"), str(raw.get("task")), names, raw.get("joint"))
+    return setting, generated
+
+
+def _all_raw(config: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, Setting]]:
+    raw = dict(config.get("experiments") or {})
+    settings: dict[str, Setting] = {}
+    for name, spec in (config.get("settings") or {}).items():
+        setting, generated = _expand_setting(name, spec)
+        for exp_name in generated:
+            if exp_name in raw:
+                raise ConfigError(
+                    f"settings.{name} makes the experiment {exp_name!r}, which is also defined "
+                    "under experiments:; rename one of them"
+                )
+        raw.update(generated)
+        settings[name] = setting
+    return raw, settings
+
+
 def resolve(config: Mapping[str, Any]) -> dict[str, Experiment]:
-    """All experiments of ``config`` with the dataset defaults merged in.
+    """All experiments of ``config`` (those of ``settings:`` included) with the dataset defaults
+    merged in, plus the shared step-0 runs (``Experiment.is_shared_step0``).
 
     Raises ConfigError naming the key (``experiments.NAME.KEY``) and the valid values.
     """
     defaults = config.get("dataset_defaults", {}) or {}
-    out: dict[str, Experiment] = {}
-    for name, raw in (config.get("experiments") or {}).items():
-        where = f"experiments.{name}"
-        if not re.fullmatch(NAME_PATTERN, str(name)) or ".." in str(name):
+    raw_all, settings = _all_raw(config)
+    out = {name: _experiment(name, raw, defaults) for name, raw in raw_all.items()}
+    for setting in settings.values():
+        joint = setting.joint
+        if joint is None:
+            continue
+        if joint not in out or out[joint].method != "Joint":
             raise ConfigError(
-                f"{where}: experiment names may use letters, digits, '_', '-' and '.' only "
-                "(they become folders under results/)"
+                f"settings.{setting.name}.joint: {joint!r} is not an experiment with method "
+                "Joint (define one under experiments:, task offline)"
             )
-        dataset = raw.get("dataset")
-        if dataset not in list_datasets():
+        if out[joint].dataset != setting.dataset:
             raise ConfigError(
-                f"{where}.dataset: {dataset!r} is not a dataset; "
-                f"valid: {', '.join(list_datasets())}"
+                f"settings.{setting.name}.joint: {joint!r} is a {out[joint].dataset} experiment, "
+                f"the setting is on {setting.dataset}"
             )
-        task = _task(dataset, raw.get("task"), f"{where}.task")
-        settings = {**(defaults.get(dataset) or {}), **raw}
-        for key in ("dataset", "task", "method", "orders", "seeds"):
-            settings.pop(key, None)
-        try:
-            get_method(raw.get("method"), dataset, task.name, settings.get("loss") or {})
-        except ValueError as err:
-            key = "loss" if "setting" in str(err) else "method"
-            raise ConfigError(f"{where}.{key}: {err}") from None
-        orders = raw.get("orders") or [task.name]
-        for order in orders:
-            other = _task(dataset, order, f"{where}.orders")
-            if other.num_steps != task.num_steps:
-                raise ConfigError(
-                    f"{where}.orders: {order!r} has {other.num_steps} steps but {task.name!r} "
-                    f"has {task.num_steps}; the orders of a sweep must be variants of one setting"
-                )
-        seeds = raw.get("seeds") or [settings.get("seed", 42)]
-        sweep = "orders" in raw or "seeds" in raw
-        members = [
-            Member(order, int(seed), f"{order}-seed{seed}" if sweep else None)
-            for order in orders
-            for seed in seeds
-        ]
-        step0 = settings.get("step0_checkpoint")
-        if step0 and sweep and len(orders) > 1:
-            raise ConfigError(
-                f"{where}.step0_checkpoint: one step-0 model cannot serve several class orders"
-            )
-        out[name] = Experiment(name, dataset, task.name, raw["method"], settings, members)
+    _share_step0(out)
     return out
+
+
+def resolve_settings(config: Mapping[str, Any]) -> dict[str, Setting]:
+    """The settings of ``config`` (validated the same way as :func:`resolve`)."""
+    return _all_raw(config)[1]
+
+
+# Flags of the step-0 command that do not change what step 0 learns (paths, loader workers,
+# the method and its settings: step 0 is plain cross-entropy for every method).
+_NOT_STEP0_RECIPE = ("--method", "--out", "--splits", "--state-dir", "--workers", "--set")
+
+
+def step0_recipe(exp: Experiment, member: Member) -> list[str]:
+    """What decides a run's step-0 model: its step-0 training command without paths and method,
+    and the processes it runs on."""
+    args = train_args(exp, member, 0, Path("D"), Path("R"), Path("S"))
+    kept, i = [], 0
+    while i < len(args):
+        if args[i] in _NOT_STEP0_RECIPE:
+            i += 2
+            continue
+        kept.append(args[i])
+        i += 1
+    g = exp.get
+    procs = g("gpus") or g("processes") or 1
+    return [*kept, f"processes={procs}", f"nodes={g('nodes') or 1}"]
+
+
+def shared_step0_run(exp: Experiment, member: Member) -> str:
+    """Name of the run that trains ``member``'s step 0 for every run with the same recipe."""
+    digest = hashlib.sha256(json.dumps(step0_recipe(exp, member)).encode()).hexdigest()[:8]
+    return f"{SHARED_STEP0_PREFIX}{exp.dataset}-{member.task}-seed{member.seed}-{digest}"
+
+
+def _share_step0(experiments: dict[str, Experiment]) -> None:
+    """Give every run without a ``step0_checkpoint`` its shared step-0 run (added, in place)."""
+    shared: dict[str, Experiment] = {}
+    for exp in list(experiments.values()):
+        if exp.get("step0_checkpoint"):
+            continue
+        members = []
+        for member in exp.members:
+            run = shared_step0_run(exp, member)
+            if run not in shared:
+                settings = {k: v for k, v in exp.settings.items() if k != "loss"}
+                shared[run] = Experiment(
+                    run, exp.dataset, member.task, "FT", settings,
+                    [Member(member.task, member.seed)], is_shared_step0=True,
+                )  # fmt: skip
+            members.append(dataclasses.replace(member, shared_step0=run))
+        exp.members = members
+    experiments.update(shared)
 
 
 def parse_run(run: str) -> tuple[str, str | None]:
@@ -171,8 +354,11 @@ def train_args(
     args += ["--state-dir", str(state_dir), "--seed", str(member.seed)]
     if step > 0:
         args += ["--teacher", str(run_dir / f"step{step - 1}" / "model.pt")]
-    elif g("pretrained"):
-        args += ["--pretrained", str(g("pretrained"))]
+    else:  # step 0 says how its backbone starts; unset is refused (lgkd_core.data.pretrained)
+        from lgkd_core.data.pretrained import pretrained_flags
+
+        where = f"experiments.{exp.name}.pretrained"
+        args += pretrained_flags(g("pretrained"), where, exp.dataset, g("backbone"))
     for key in ("epochs", "batch_size", "lr", "crop_size"):
         if g(key, step) is not None:
             args += _flag(key.replace("_", "-"), g(key, step))
@@ -181,6 +367,8 @@ def train_args(
             args += _flag(key.replace("_", "-"), g(key))
     if g("checkpoint_every"):
         args += _flag("checkpoint-every", g("checkpoint_every"))
+    if step == 0 and g("step0_importance"):
+        args.append("--importance")
     args.append("--overlap" if g("overlap") is not False else "--disjoint")
     if g("channels_last"):
         args.append("--channels-last")

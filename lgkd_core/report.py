@@ -11,19 +11,22 @@ Outputs (CSV, mIoU in **percent with 2 decimals**, the paper's convention; empty
 * run ``table.csv``: one row per step, sorted, steps ``0..T`` all present:
   ``step``, ``classes`` (the classes learned in that step: their names joined with ``+`` when
   the step adds at most 3 classes, e.g. ``pottedplant``; otherwise their original ids as ranges,
-  e.g. ``0-15``, ``101-110``, ``0-2+4-9``), ``background``, ``old``, ``old_bg``, ``new``,
-  ``all``, ``mean_all`` (running mean of ``all`` over steps ``0..s``), then the IoU of every
-  foreground class by name, in the final step's channel order (empty where the class is not
-  seen yet or has no pixel in the validation images). A class whose name equals one of these
-  fixed columns (ADE's ``step``) is written as ``class:<name>``.
+  e.g. ``0-15``, ``101-110``, ``0-2+4-9``), ``init`` (how the chain's step 0 started:
+  ``imagenet-iabn``, ``imagenet-torchvision``, ``random`` or ``checkpoint``; empty when the
+  metrics do not say), ``background``, ``old``, ``old_bg``, ``new``, ``all``, ``mean_all``
+  (running mean of ``all`` over steps ``0..s``), then the IoU of every foreground class by name,
+  in the final step's channel order (empty where the class is not seen yet or has no pixel in
+  the validation images). A class whose name equals one of these fixed columns (ADE's ``step``)
+  is written as ``class:<name>``.
 * sweep ``table.csv`` (members = class orders / seeds of one experiment): ``step``, ``classes``
-  (the members' label when they agree, else ``mixed``), then for every numeric column ``X`` of
-  the members' tables ``X`` (mean over the members that have a value) and ``X_std`` (sample
-  standard deviation, ddof=1; empty with fewer than two values); per-class columns are matched by
-  class name, whatever step the class was learned at; ``members`` = number of members.
+  (the members' label when they agree, else ``mixed``; ``init`` the same way), then for every
+  numeric column ``X`` of the members' tables ``X`` (mean over the members that have a value)
+  and ``X_std`` (sample standard deviation, ddof=1; empty with fewer than two values); per-class
+  columns are matched by class name, whatever step the class was learned at; ``members`` =
+  number of members.
 * ``summary.csv``: one row per experiment: ``experiment``, ``steps``, ``members`` (1 for a single
   run), the final step's ``old``, ``new``, ``all``, ``mean_all`` (each with ``_std``, empty for
-  single runs) and ``step0_all``.
+  single runs), ``step0_all`` and ``init`` (step 0's, as in the run tables).
 * ``miou.png``: old / new / all (and background, dashed) per step; error bars and bands of one
   standard deviation when the table has ``_std`` columns.
 
@@ -53,7 +56,7 @@ from lgkd_core.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from lgkd_core.tasks import Task, get_task
 
 GROUPS = ("background", "old", "old_bg", "new", "all")
-FIXED = ("step", "classes", *GROUPS, "mean_all", "members")
+FIXED = ("step", "classes", "init", *GROUPS, "mean_all", "members")
 FEW_CLASSES = 3  # steps adding at most this many classes are labelled by name
 
 
@@ -184,6 +187,7 @@ def step_table(
     rows = []
     for _, p in payloads:
         row: dict = {"step": p["step"], "classes": classes_label(run_task, p["step"])}
+        row["init"] = p.get("init")
         row.update({g: _percent(p["summary"].get(g)) for g in GROUPS})
         row["mean_all"] = p["summary"].get("all")  # fraction; running mean below
         row.update({class_column(n): _percent(p["class_iou"].get(n)) for n in names})
@@ -197,7 +201,7 @@ def step_table(
 
 
 def _numeric_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c not in ("step", "classes", "members")]
+    return [c for c in table.columns if c not in ("step", "classes", "init", "members")]
 
 
 def sweep_table(members: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -233,6 +237,9 @@ def sweep_table(members: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     out["classes"] = [
         row[0] if len(set(row)) == 1 else "mixed" for row in zip(*labels, strict=True)
     ] or [""] * len(steps)
+    inits = [t["init"].astype(str).tolist() for t in members.values() if "init" in t.columns]
+    if inits:
+        out["init"] = [r[0] if len(set(r)) == 1 else "mixed" for r in zip(*inits, strict=True)]
     nan = np.full(len(steps), np.nan)
     for col in columns:
         stack = np.stack(
@@ -270,6 +277,7 @@ def summary_table(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             row[col] = float(last[col])
             row[f"{col}_std"] = float(last[f"{col}_std"]) if f"{col}_std" in table else math.nan
         row["step0_all"] = float(table.iloc[0]["all"])
+        row["init"] = table.iloc[0]["init"] if "init" in table.columns else None
         rows.append(row)
     return pd.DataFrame(rows)
 

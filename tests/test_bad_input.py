@@ -217,7 +217,7 @@ def test_teacher_of_another_architecture_is_refused(work, teacher):
     [
         ("--dataset", "vocc", "valid datasets: ade, synthetic, voc"),
         ("--task", "15-6", "valid tasks: 10-1, 15-1, 15-5,"),
-        ("--method", "MiBB", "valid methods: FT, LwF, ILT, MiB, PLOP, LGKD"),
+        ("--method", "MiBB", "valid methods: FT, Joint, LwF, LwF-MC, ILT, EWC"),
         ("--backbone", "resnet19", "choose one of resnet101, resnet50,"),
         ("--set", "bogus_key=1", "valid keys: ce_type,"),
     ],

@@ -110,10 +110,11 @@ def test_import_refuses_wrong_architecture_and_layout(tmp_path):
 
 def test_resolve_experiments_and_runs():
     cfg = {
-        "dataset_defaults": {"synthetic": {"epochs": 3, "epochs_step0": 5, "seed": 7}},
+        "dataset_defaults": {"synthetic": {"epochs": 3, "epochs_step0": 5, "seed": 7,
+                                           "pretrained": "none"}},
         "experiments": {
             "a": {"dataset": "synthetic", "task": "15-1", "method": "LGKD"},
-            "s": {"dataset": "voc", "task": "15-1", "method": "MiB",
+            "s": {"dataset": "voc", "task": "15-1", "method": "MiB", "pretrained": "iabn",
                   "orders": ["15-5s", "15-5s_b"], "seeds": [1, 2]},
         },
     }  # fmt: skip

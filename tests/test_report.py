@@ -42,6 +42,7 @@ def _evaluation(dataset: str, task_name: str, step: int, seed: int, absent=()):
         "step": step,
         "model": f"step{step}/model.pt",
         "method": "LGKD",
+        "init": "imagenet-iabn",
         "num_images": 2,
         "crop_size": None,
         "classes": task.channel_names(step),
@@ -78,8 +79,9 @@ def test_step_table_percent_running_mean_and_class_columns(tmp_path):
 
     assert list(table["step"]) == [0, 1, 2]
     assert list(table["classes"]) == ["0-15", names[16], names[17]]
-    fixed = ["step", "classes", "background", "old", "old_bg", "new", "all", "mean_all"]
+    fixed = ["step", "classes", "init", "background", "old", "old_bg", "new", "all", "mean_all"]
     assert list(table.columns) == fixed + names[1:]
+    assert list(table["init"]) == ["imagenet-iabn"] * 3
     alls = [_nanmean(list(e.values())) for _, e in evals]
     np.testing.assert_allclose(table["all"], alls, atol=0.006)
     np.testing.assert_allclose(table["mean_all"], np.cumsum(alls) / [1, 2, 3], atol=0.006)
@@ -156,6 +158,7 @@ def test_sweep_mean_std_by_class_name_and_summary():
 
     assert list(sweep["step"]) == [0, 1, 2] and set(sweep["members"]) == {3}
     assert list(sweep["classes"]) == ["mixed"] * 3
+    assert list(sweep["init"]) == ["imagenet-iabn"] * 3 and "init_std" not in sweep
     for col in ("background", "old", "new", "all", "mean_all"):
         stack = np.stack([t[col].to_numpy(dtype=float) for t in tables.values()])
         np.testing.assert_allclose(sweep[col], stack.mean(0), atol=0.006)
@@ -190,6 +193,7 @@ def test_sweep_mean_std_by_class_name_and_summary():
     assert summary.loc[1, "new_std"] == sweep.loc[2, "new_std"]
     assert summary.loc[1, "mean_all"] == sweep.loc[2, "mean_all"]
     assert summary.loc[1, "step0_all"] == sweep.loc[0, "all"]
+    assert list(summary["init"]) == ["imagenet-iabn"] * 2
     with pytest.raises(ValueError, match=r"experiment x lacks columns \['new'\]"):
         summary_table({"x": tables["a"].drop(columns="new")})
 

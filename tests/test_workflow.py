@@ -55,9 +55,10 @@ def test_dry_run_voc_15_1_plans_the_chain(tmp_path):
     proc = snakemake(["-n", "results/voc_15-1/table.csv"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout)
-    assert counts(jobs) == {
-        "download": 1, "prepare_splits": 1, "train": 6, "evaluate": 6, "table": 1,
-    }  # fmt: skip
+    # Step 0 is trained by the setting's shared step-0 run and linked into results/voc_15-1.
+    c = counts(jobs)
+    assert (c["download"], c["train"], c["evaluate"], c["table"]) == (1, 6, 6, 1), c
+    assert c["share_step0"] == 1 and c["prepare_splits"] == 2, c
     trains = {int(re.search(r"step(\d)", j["output"][0]).group(1)): j for j in jobs
               if j["rule"] == "train"}  # fmt: skip
     assert sorted(trains) == list(range(6))
@@ -79,16 +80,19 @@ def test_dry_run_voc_15_1_plans_the_chain(tmp_path):
     assert "--batch-size 16" in cmd0 and "--lr 0.01 " in cmd0
 
 
-def test_dry_run_default_target_shares_step0_and_sweep_members(tmp_path):
+def test_dry_run_default_target_compares_every_method_from_one_step0(tmp_path):
     proc = snakemake(["-n"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout)
     c = counts(jobs)
-    assert c["synthesize"] == 1 and c["summary"] == 1 and c["table"] == 4
-    assert c["train"] == 24 and c["evaluate"] == 24
-    ft0 = next(j for j in jobs if j["rule"] == "train"
-               and j["output"] == ["results/synthetic_15-1_ft/step0/model.pt"])  # fmt: skip
-    assert ft0["input"] == ["results/synthetic_15-1/step0/model.pt"]
+    # 11 methods x 5 incremental steps, one shared step 0 and the Joint model.
+    assert c["synthesize"] == 1 and c["compare"] == 1 and c["table"] == 11
+    assert c["train"] == 11 * 5 + 2 and c["evaluate"] == 11 * 5 + 2 and c["share_step0"] == 12
+    ft0 = next(j for j in jobs if j["rule"] == "share_step0"
+               and j["output"][0] == "results/synthetic_15-1_ft/step0/model.pt")  # fmt: skip
+    lgkd0 = next(j for j in jobs if j["rule"] == "share_step0"
+                 and j["output"][0] == "results/synthetic_15-1/step0/model.pt")  # fmt: skip
+    assert ft0["input"] == lgkd0["input"] and ft0["input"][0].startswith("results/step0-synthetic")
     proc = snakemake(["-n", "results/synthetic_15-1_seeds/table.csv"], tmp_path)
     jobs = planned_jobs(proc.stdout)
     assert counts(jobs)["sweep_table"] == 1 and counts(jobs)["table"] == 3
@@ -144,6 +148,7 @@ def test_experiment_name_cannot_escape_results(tmp_path):
 TINY = {
     "synthetic": {"n_train": 80, "n_val": 40, "size": 64, "seed": 0},
     "default_experiments": ["tiny", "tiny_ft"],
+    "default_settings": [],
     "experiments": {
         "tiny": {"dataset": "synthetic", "task": "15-5", "method": "LGKD", "epochs": 1,
                  "epochs_step0": 2, "head_channels": 32},

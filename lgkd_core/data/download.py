@@ -1,7 +1,8 @@
 """Download and unpack the real datasets: VOC 2012 (+ SBD augmented masks and lists), ADE20k.
 
-Downloads stream to ``<dest>.part`` and resume with an HTTP ``Range`` request; the SHA-256 is
-checked before the file gets its final name. Archives are checked member by member before
+Downloads stream to ``<dest>.part`` (progress in the log) and resume with an HTTP ``Range``
+request; the SHA-256 (and, where one is known, the MD5) is checked before the file gets its final
+name. Archives are checked member by member before
 anything is extracted (:func:`safe_extract`). :func:`prepare_dataset` writes ``<root>/.done``
 last, so a dataset folder without it is incomplete and is redone on the next call.
 
@@ -39,6 +40,7 @@ DOWNLOAD_DIR = ".downloads"  # under data_root; archives wait here until extract
 MARKER = ".done"
 _JUNK = ("__MACOSX",)  # macOS resource forks shipped inside the SBD zips
 RETRY_DELAY_S = 0.5  # first back-off after a dropped connection; doubles per attempt
+PROGRESS_STEP = 64 << 20  # bytes between progress lines when the size is unknown
 
 
 class DownloadError(RuntimeError):
@@ -46,7 +48,7 @@ class DownloadError(RuntimeError):
 
 
 class ChecksumError(DownloadError):
-    """The downloaded bytes do not have the expected SHA-256."""
+    """The downloaded bytes do not have the expected SHA-256 (or MD5)."""
 
 
 class UnsafeArchiveError(ValueError):
@@ -131,22 +133,37 @@ SOURCES: dict[str, DatasetSpec] = {
 
 
 # -- download ---------------------------------------------------------------------------------
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
+def sha256_file(path: Path, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
+    """Hex digest (SHA-256 unless ``algorithm`` names another hashlib one) of a file's bytes."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
+def md5_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex MD5 of a file's bytes (the checksum some model files are published with)."""
+    return sha256_file(path, chunk, "md5")
+
+
 def _part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def _copy_stream(src, out, chunk: int) -> None:
+def _copy_stream(src, out, chunk: int, total: int | None = None, done: int = 0, name=None):
+    """Copy ``src`` to ``out``; with ``name``, log progress every tenth of ``total`` bytes (every
+    ``PROGRESS_STEP`` when the size is unknown). ``done``: bytes already in ``out``."""
+    step = max(total // 10, 1) if total else PROGRESS_STEP
+    mark = done + step
     while block := src.read(chunk):
         out.write(block)
+        done += len(block)
+        if name is not None and done >= mark:
+            mib = f"{done / 2**20:.1f} MiB"
+            of = f" of {total / 2**20:.1f} MiB ({100 * done // total}%)" if total else ""
+            log.info("%s: %s%s", name, mib, of)
+            mark = done + step
 
 
 def _fetch_file_url(url: str, part: Path, chunk: int) -> None:
@@ -199,22 +216,31 @@ def _fetch_http_once(url: str, part: Path, chunk: int, timeout: float) -> None:
         if expected_total is None and length is not None and mode == "wb":
             expected_total = int(length)
         with open(part, mode) as out:
-            _copy_stream(resp, out, chunk)
+            _copy_stream(resp, out, chunk, expected_total, offset if mode == "ab" else 0, url)
     size = part.stat().st_size
     if expected_total is not None and size != expected_total:
         raise DownloadError(f"{url}: got {size} of {expected_total} bytes")
 
 
-def _fetch(url: str, dest: Path, sha256: str | None, chunk: int, retries: int, timeout: float):
+def _fetch(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    chunk: int,
+    retries: int,
+    timeout: float,
+    md5: str | None = None,
+):
     """Download to ``dest`` and return its hex SHA-256 (see :func:`download`)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     want = sha256.lower() if sha256 else None
+    want_md5 = md5.lower() if md5 else None
     if dest.exists():
         have = sha256_file(dest, chunk)
-        if want is None or have == want:
+        if (want is None or have == want) and (want_md5 is None or md5_file(dest) == want_md5):
             return have
-        log.warning("%s has SHA-256 %s, expected %s; downloading again", dest, have, want)
+        log.warning("%s does not have the expected checksum; downloading again", dest)
         dest.unlink()
     part = _part_path(dest)
     scheme = urllib.parse.urlparse(url).scheme
@@ -247,6 +273,12 @@ def _fetch(url: str, dest: Path, sha256: str | None, chunk: int, retries: int, t
             f"{url}: SHA-256 mismatch: expected {want}, got {have}. The partial file was "
             f"removed; check the URL (--source) or the expected digest (--sha256)."
         )
+    if want_md5 is not None and (got := md5_file(part, chunk)) != want_md5:
+        part.unlink()
+        raise ChecksumError(
+            f"{url}: MD5 mismatch: expected {want_md5}, got {got}. The partial file was removed; "
+            "check the URL (--source) or the expected digest (--md5)."
+        )
     os.replace(part, dest)
     return have
 
@@ -259,6 +291,7 @@ def download(
     *,
     retries: int = 3,
     timeout: float = 60.0,
+    md5: str | None = None,
 ) -> Path:
     """Download ``url`` (http, https or file) to ``dest`` and return ``dest``.
 
@@ -266,9 +299,9 @@ def download(
     restarted when the server ignores Range). A dropped connection is retried ``retries``
     times, each resuming. With ``sha256`` the digest is checked before the rename; on mismatch
     the ``.part`` is deleted and :class:`ChecksumError` names the URL and both digests. An
-    existing ``dest`` with the right digest is reused.
+    existing ``dest`` with the right digest is reused. ``md5`` is checked the same way.
     """
-    _fetch(url, Path(dest), sha256, chunk, retries, timeout)
+    _fetch(url, Path(dest), sha256, chunk, retries, timeout, md5)
     return Path(dest)
 
 

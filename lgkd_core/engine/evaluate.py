@@ -86,6 +86,7 @@ def evaluate(
             "step": step,
             "model": str(model_path),
             "method": payload.get("method"),
+            "init": payload.get("init"),  # how the chain's step 0 started
             "num_images": int(n_images.item()),
             "crop_size": crop_size,
             "classes": task.channel_names(step),

@@ -67,6 +67,8 @@ def import_step0(
         classes_per_step=task.classes_per_step(0),
         **arch,
         imported_from=str(source),
+        init="checkpoint",  # a released step 0: no download, no ImageNet start of its own
+        source_init=payload.get("init"),
     )
     meta.setdefault("method", "released")
     save_model_file(out, payload["model_state"], meta)

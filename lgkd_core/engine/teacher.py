@@ -83,8 +83,13 @@ def build_from_file(
 def frozen_teacher(
     path: Path, task: Task, step: int, arch: dict, device: torch.device
 ) -> nn.Module:
-    """The step ``step - 1`` model from ``path``: eval mode, no gradients."""
-    teacher, _ = build_from_file(path, task, step - 1, arch, device)
+    """The step ``step - 1`` model from ``path``: eval mode, no gradients.
+
+    ``teacher.step0_init``: how the chain's step 0 started (the file's ``init``; ``unknown`` for
+    files that do not record it).
+    """
+    teacher, payload = build_from_file(path, task, step - 1, arch, device)
+    teacher.step0_init = payload.get("init") or "unknown"
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

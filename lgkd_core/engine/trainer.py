@@ -14,15 +14,28 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lgkd_core.engine import distributed as D
-from lgkd_core.engine.checkpoint import StateStore, config_digest, safe_load, save_model_file
+from lgkd_core.engine.checkpoint import (
+    StateStore,
+    config_digest,
+    load_model_file,
+    safe_load,
+    save_model_file,
+)
 from lgkd_core.engine.inputs import to_device, train_loader
 from lgkd_core.engine.progress import Progress
 from lgkd_core.engine.schedule import make_optimizer, poly_lambda
 from lgkd_core.engine.teacher import frozen_teacher, load_weights
 from lgkd_core.losses.objective import step_losses
 from lgkd_core.losses.pseudo import EntropyThresholds
+from lgkd_core.losses.regularizers import (
+    KINDS,
+    add_penalty_grad,
+    importance_weights,
+    make_estimator,
+)
 from lgkd_core.methods import MethodConfig, get_method
-from lgkd_core.models import build_model, init_balanced, load_imagenet_backbone
+from lgkd_core.models import build_model, init_balanced
+from lgkd_core.models.imagenet import init_backbone
 from lgkd_core.tasks import get_task
 
 log = logging.getLogger("lgkd_core.train")
@@ -36,7 +49,15 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Everything one training step needs. ``batch_size`` is the global batch over all ranks."""
+    """Everything one training step needs. ``batch_size`` is the global batch over all ranks.
+
+    ``importance`` (step 0 only): also gather the importance statistics of all three weight
+    regularisers (EWC's Fisher, PI's path integral, RW's score and Fisher) into ``model.pt``, so
+    that one step 0 serves every method of a setting. It does not change the weights; it costs
+    7 extra parameter-sized buffers on the device (PI 3: start and previous weights, path
+    integral; EWC 1 + RW 3: Fisher, Fisher, score, previous weights) and makes ``model.pt`` 5
+    times the size of the weights alone.
+    """
 
     dataset: str
     task: str
@@ -47,7 +68,10 @@ class TrainConfig:
     splits: Path | None = None
     teacher: Path | None = None
     state_dir: Path | None = None
-    pretrained: Path | None = None
+    # Step 0's backbone start: iabn, torchvision, none (None too: random) or a checkpoint path;
+    # pretrained_md5 replaces the expected MD5 of the In-Place ABN file (lgkd_core.data.pretrained)
+    pretrained: str | Path | None = None
+    pretrained_md5: str | None = None
     epochs: int = 30
     batch_size: int = 24
     lr: float | None = None
@@ -62,6 +86,7 @@ class TrainConfig:
     seed: int = 42
     overlap: bool = True
     method_overrides: dict = field(default_factory=dict)
+    importance: bool = False
     checkpoint_every: int = 0
     max_nonfinite: int = 20
     deterministic: bool = True
@@ -79,6 +104,8 @@ class TrainConfig:
     def digest(self) -> str:
         """Identity of the run for resuming: every field that changes the result."""
         skip = {"out", "state_dir", "workers", "log_every", "tensorboard", "device"}
+        if not self.importance:
+            skip.add("importance")  # the digests of runs from before the option stay the same
         fields = {
             k: str(v) if isinstance(v, Path) else v
             for k, v in dataclasses.asdict(self).items()
@@ -173,10 +200,14 @@ class StepTrainer:
         model = build_model(classes_per_step=task.classes_per_step(step), **self.arch)
         self.teacher = None
         if step == 0:
-            if cfg.pretrained is not None:
-                load_imagenet_backbone(model, cfg.pretrained)
+            self.init, self.init_source = init_backbone(
+                model, cfg.pretrained, backbone=cfg.backbone, data_root=cfg.data_root,
+                md5=cfg.pretrained_md5, announce=self.ctx.is_main,
+            )  # fmt: skip
         else:
             self.teacher = frozen_teacher(cfg.teacher, task, step, self.arch, self.device)
+            # Steps >= 1 carry the chain's step-0 initialisation forward.
+            self.init, self.init_source = self.teacher.step0_init, None
             load_weights(
                 model, self.teacher.state_dict(), cfg.teacher, allow_missing_prefix=f"cls.{step}."
             )
@@ -188,6 +219,7 @@ class StepTrainer:
             if self.teacher is not None:
                 self.teacher.to(memory_format=torch.channels_last)
         self.model = model
+        self._build_regularizers()
         self.optimizer = make_optimizer(model, self.lr, cfg.weight_decay)
         self.loader, self.sampler = train_loader(
             cfg.dataset,
@@ -241,6 +273,7 @@ class StepTrainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "thresholds": self.thresholds,
+            "regularizers": {k: e.state_dict() for k, e in self.estimators.items()},
             "rng_torch": torch.get_rng_state(),
         }
 
@@ -286,6 +319,8 @@ class StepTrainer:
         self.thresholds = state["thresholds"]
         if self.thresholds is not None:
             self.thresholds = self.thresholds.to(self.device)
+        for kind, estimator in self.estimators.items():
+            estimator.load_state_dict(state["regularizers"][kind])
         torch.set_rng_state(state["rng_torch"])
         log.info(
             "resuming step %d from %s: epoch %d, batch %d (iteration %d of %d)",
@@ -297,6 +332,83 @@ class StepTrainer:
             self.total_iters,
         )
         return state["epoch"], state["batch"], state["global_iter"]
+
+    # -- weight regularisers (EWC, PI, RW) -------------------------------------------------------
+    def _trainable(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _build_regularizers(self) -> None:
+        """Importance estimators and, at steps >= 1, the penalty of EWC / PI / RW.
+
+        Step 0 tracks the method's own regulariser, or all three with ``cfg.importance`` (one
+        step 0 shared by every method of a setting); there is no penalty, the weights are those
+        of a run without tracking. Step t >= 1 of a regularised method penalises with the
+        statistics in the teacher's ``model.pt`` and tracks its own for step t + 1. Every rank
+        holds the same state: the estimators read DDP's all-reduced gradients.
+        """
+        cfg, m = self.cfg, self.method
+        self.estimators: dict = {}
+        self.reg_weights: dict[str, torch.Tensor] | None = None
+        self.reg_old: dict[str, torch.Tensor] | None = None
+        params = self._trainable()
+        if cfg.step == 0:
+            if cfg.importance:
+                kinds = list(KINDS)
+            else:
+                kinds = [m.regularizer] if m.uses_regularizer else []
+            for kind in kinds:
+                self.estimators[kind] = make_estimator(kind, params, m.reg_alpha, m.reg_iterations)
+            if kinds and self.ctx.is_main:
+                log.info("step 0 gathers the importance statistics of %s", ", ".join(kinds))
+            return
+        if cfg.importance and self.ctx.is_main:
+            log.warning("--importance only applies to step 0; ignored at step %d", cfg.step)
+        if not m.uses_regularizer:
+            return
+        previous = (load_model_file(cfg.teacher).get("regularizers") or {}).get(m.regularizer)
+        if previous is None:
+            raise ValueError(
+                f"method {m.name} needs the {m.regularizer.upper()} importance statistics of the "
+                f"previous step, but {cfg.teacher} holds none: train step 0 with --importance "
+                "(workflow setting step0_importance: true), or with this method"
+            )
+        # The teacher's own (frozen) tensors are the old weights: no copy.
+        self.reg_old = {n: p.detach() for n, p in self.teacher.named_parameters()}
+        self.estimators[m.regularizer] = make_estimator(
+            m.regularizer, params, m.reg_alpha, m.reg_iterations, self.reg_old, previous
+        )
+        weights = importance_weights(m.regularizer, previous, m.reg_normalize)
+        for n, w in weights.items():
+            if n in params and w.shape != params[n].shape:
+                raise ValueError(
+                    f"{cfg.teacher}: {m.regularizer} importance of {n} has shape "
+                    f"{tuple(w.shape)}, the parameter {tuple(params[n].shape)}"
+                )
+        self.reg_weights = {n: w.to(self.device) for n, w in weights.items() if n in params}
+
+    def _regularize(self) -> torch.Tensor | None:
+        """Feed the estimators the main loss's gradients, then add the penalty's gradient.
+
+        Returns ``reg_importance * penalty`` at steps >= 1 of a regularised method, else None.
+        """
+        # Unscale first: the statistics need true gradients (GradScaler's step() then knows
+        # they are unscaled and does not divide again).
+        self.scaler.unscale_(self.optimizer)
+        params = self._trainable()
+        grads = {n: p.grad for n, p in params.items()}
+        present = [g.isfinite().all() for g in grads.values() if g is not None]
+        # Skip the update on overflowed (fp16) gradients: one inf would stay in the Fisher.
+        if self.estimators and present and bool(torch.stack(present).all()):
+            for estimator in self.estimators.values():
+                estimator.update(params, grads)
+        if self.reg_weights is None:
+            return None
+        # The reference backpropagates the penalty in a second (scaled) backward after the
+        # update. Its gradient is 2 * importance * w * (theta - theta_old), added here directly:
+        # a second backward would go through GradScaler after unscale_ (mixing scaled and
+        # unscaled gradients) and, under DDP, trigger another all-reduce for a value every rank
+        # can compute itself (the weights are identical everywhere).
+        return add_penalty_grad(params, self.reg_old, self.reg_weights, self.method.reg_importance)
 
     # -- pseudo-label thresholds ---------------------------------------------------------------
     @torch.no_grad()
@@ -344,13 +456,23 @@ class StepTrainer:
             num_new=task.classes_per_step(step)[-1],
         )
 
-    def _optimize(self, total: torch.Tensor) -> bool:
-        """Backward and optimizer step; False when the step was skipped as non-finite."""
+    def _optimize(self, losses: dict[str, torch.Tensor]) -> bool:
+        """Backward and optimizer step; False when the step was skipped as non-finite.
+
+        With a weight regulariser, adds its penalty to ``losses`` as ``reg`` (and to ``total``,
+        for the log) between the backward and the step (:meth:`_regularize`).
+        """
+        total = losses["total"]
         self.optimizer.zero_grad(set_to_none=True)
         if not _all_finite(total, self.ctx):
             return False
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         self.scaler.scale(total).backward()
+        if self.estimators or self.reg_weights is not None:
+            reg = self._regularize()
+            if reg is not None:
+                losses["reg"] = reg
+                losses["total"] = total.detach() + reg
         self.scaler.step(self.optimizer)
         self.scaler.update()
         # With fp16 the scaler skips steps whose gradients overflowed and lowers its scale.
@@ -386,7 +508,7 @@ class StepTrainer:
                 progress.data_ready()
                 images, labels = to_device(batch, self.device, cfg.channels_last)
                 losses = self._losses(images, labels)
-                nonfinite = 0 if self._optimize(losses["total"]) else nonfinite + 1
+                nonfinite = 0 if self._optimize(losses) else nonfinite + 1
                 if nonfinite >= cfg.max_nonfinite:
                     raise NonFiniteLossError(
                         f"step {cfg.step}: {nonfinite} consecutive iterations with non-finite "
@@ -442,13 +564,19 @@ class StepTrainer:
             "config": config,
             "config_digest": cfg.digest(),
             "train_stats": {k: float(v) for k, v in stats.items()},
+            "init": self.init,  # how the chain's step 0 started (lgkd_core.models.imagenet)
+            "init_source": self.init_source,
         }
+        if self.estimators:
+            params = self._trainable()
+            meta["regularizers"] = {k: e.export(params) for k, e in self.estimators.items()}
         save_model_file(self.model_path, state, meta)
         log.info("wrote %s", self.model_path)
 
     def release(self) -> None:
         """Drop models and optimizer (before the process group is destroyed)."""
-        for name in ("net", "model", "teacher", "optimizer", "scheduler", "loader"):
+        names = ("net", "model", "teacher", "optimizer", "scheduler", "loader", "estimators")
+        for name in (*names, "reg_weights", "reg_old"):
             if hasattr(self, name):
                 delattr(self, name)
 

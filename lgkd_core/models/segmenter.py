@@ -137,7 +137,7 @@ def load_imagenet_backbone(model: IncrementalSegmenter, path: str | Path) -> Non
     if not path.is_file():
         raise FileNotFoundError(
             f"pretrained backbone file {path} does not exist; download the In-Place ABN ImageNet "
-            "weights (e.g. resnet101_iabn_sync.pth.tar) or train without --pretrained"
+            "weights (e.g. resnet101_iabn_sync.pth.tar) or train with --pretrained none"
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -148,6 +148,16 @@ def load_imagenet_backbone(model: IncrementalSegmenter, path: str | Path) -> Non
         raise ValueError(f"{path} holds no state dict (expected a dict with 'state_dict')")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    load_backbone_state(model, state, str(path))
+
+
+def load_backbone_state(model: IncrementalSegmenter, state: dict, source: str) -> None:
+    """Load ``state`` (backbone keys, e.g. ``mod1.conv1.weight``) into ``model.body`` strictly.
+
+    Missing ``num_batches_tracked`` counters are left as they are; any other missing,
+    unexpected or misshapen key raises ValueError naming ``source``.
+    """
+    state = dict(state)
     own = model.body.state_dict()
     for key in own:
         if key.endswith("num_batches_tracked") and key not in state:
@@ -163,7 +173,7 @@ def load_imagenet_backbone(model: IncrementalSegmenter, path: str | Path) -> Non
         detail = [*(f"missing {k}" for k in missing[:3]), *(f"unexpected {k}" for k in unexpected)]
         detail = detail[:6] + shapes[:3]
         raise ValueError(
-            f"{path} does not match backbone ({len(missing)} missing, {len(unexpected)} "
+            f"{source} does not match backbone ({len(missing)} missing, {len(unexpected)} "
             f"unexpected keys, {len(shapes)} shape mismatches): {'; '.join(detail)}; check "
             "--backbone and --output-stride against the file"
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from lgkd_core import experiments as X
+from lgkd_core.data import pretrained as P
 from lgkd_core.data.download import SOURCES
 
 try:
@@ -24,6 +25,12 @@ if "conda" not in str(workflow.deployment_settings.deployment_method):
 
 RUNS = {run: exp for exp in EXPERIMENTS.values() for run in exp.runs()}
 SWEEPS = [name for name, exp in EXPERIMENTS.items() if exp.is_sweep]
+SETTINGS = X.resolve_settings(config)
+# Runs whose step 0 is linked from a shared step-0 run (rule share_step0).
+SHARED_STEP0 = {
+    exp.run(m): m.shared_step0 for exp in EXPERIMENTS.values() for m in exp.members
+    if m.shared_step0
+}  # fmt: skip
 
 
 def _alternatives(names):
@@ -33,6 +40,7 @@ def _alternatives(names):
 wildcard_constraints:
     run=_alternatives(RUNS),
     sweep=_alternatives(SWEEPS),
+    setting=_alternatives(SETTINGS),
     step=r"\d+",
 
 
@@ -77,13 +85,36 @@ def table_of(name):
 def default_targets():
     names = config.get("default_experiments", [])
     out = [table_of(n) for n in names] + [f"results/{n}/miou.png" for n in names]
+    out += [f"results/{s}/compare.csv" for s in config.get("default_settings", [])]
     return out + (["results/summary.csv"] if names else [])
+
+
+for _name in config.get("default_settings", []):
+    if _name not in SETTINGS:
+        raise WorkflowError(
+            f"config.yaml: default_settings names {_name!r}, which is not under settings: "
+            f"({', '.join(SETTINGS)})"
+        )
 
 
 # -- used by train.smk -------------------------------------------------------
 
 def _step0_source(wc):
     return setting(wc, "step0_checkpoint") if int(wc.step) == 0 else None
+
+
+def pretrained_file(exp):
+    """The ImageNet weights step 0 of ``exp`` reads (``pretrained:``; iabn: rule
+    download_pretrained makes it), as train inputs."""
+    path = P.pretrained_input(exp.get("pretrained"), DATA_ROOT)
+    return {"pretrained": path} if path else {}
+
+
+def _pretrained_md5(exp, step):
+    """``--pretrained-md5`` for step 0 when downloads.pretrained.md5 replaces the published one."""
+    md5 = (config.get("downloads", {}).get("pretrained") or {}).get("md5")
+    path = pretrained_file(exp).get("pretrained") if step == 0 else None
+    return ["--pretrained-md5", md5] if md5 and path and P.is_iabn_file(path) else []
 
 
 def train_inputs(wc):
@@ -96,6 +127,7 @@ def train_inputs(wc):
         # A local released model is an input, so a project model.pt is built first.
         return {} if X.is_url(source) else {"step0": source}
     inputs = {"data": data_marker(exp.dataset), "splits": f"results/{wc.run}/splits"}
+    inputs.update(pretrained_file(exp) if step == 0 else {})
     if step > 0:
         inputs["teacher"] = f"results/{wc.run}/step{step - 1}/model.pt"
     return inputs
@@ -111,7 +143,8 @@ def train_command(wc):
     nproc = setting(wc, "gpus", 0) or setting(wc, "processes", 1)
     launch = ["launch", f"--nproc-per-node={nproc}", f"--nnodes={setting(wc, 'nodes', 1)}", "--"]
     state = run_dir / f"step{step}" / "state"
-    return quoted(launch + X.train_args(exp, member, step, Path(DATA_ROOT), run_dir, state))
+    args = X.train_args(exp, member, step, Path(DATA_ROOT), run_dir, state)
+    return quoted(launch + args + _pretrained_md5(exp, step))
 
 
 def _gpus(wc):
@@ -141,3 +174,29 @@ def _metrics(wc):
 def _members(wc):
     exp = EXPERIMENTS[wc.sweep]
     return {m.name: f"results/{exp.run(m)}/table.csv" for m in exp.members}
+
+
+def _shared_step0(wc):
+    """The shared step-0 run's model and metrics, linked into this run's step0/."""
+    run = f"results/{SHARED_STEP0[wc.run]}/step0"
+    return {"model": f"{run}/model.pt", "metrics": f"{run}/metrics.json"}
+
+
+# -- used by compare (report.smk) --------------------------------------------
+
+def _compare_inputs(wc):
+    setting = SETTINGS[wc.setting]
+    out = {m: table_of(name) for m, name in setting.experiments.items()}
+    if setting.joint:
+        out["Joint"] = f"results/{setting.joint}/step0/metrics.json"
+    return out
+
+
+def compare_args(wc, input):
+    setting = SETTINGS[wc.setting]
+    args = ["--dataset", setting.dataset, "--task", setting.task]
+    for method, name in setting.experiments.items():
+        args += ["--method", f"{method}={name}={input[method]}"]
+    if setting.joint:
+        args += ["--joint", f"{setting.joint}={input['Joint']}"]
+    return quoted(args)

@@ -58,6 +58,35 @@ rule download:
         "python -m lgkd_core download {params.args} --data-root {params.data_root:q} > {log:q} 2>&1"
 
 
+# The In-Place ABN ImageNet ResNet-101 that step 0 starts from (pretrained: iabn). Runs where
+# Snakemake runs (localrules): cluster nodes often have no internet. A retry resumes the .part.
+localrules:
+    download_pretrained,
+
+
+rule download_pretrained:
+    output:
+        f"{DATA_ROOT}/pretrained/{P.IABN_FILE}",
+    params:
+        args=lambda wc: quoted(
+            a
+            for key, flag in (("url", "--source"), ("md5", "--md5"))
+            if (config.get("downloads", {}).get("pretrained") or {}).get(key)
+            for a in (flag, config["downloads"]["pretrained"][key])
+        ),
+        data_root=lambda wc, output: Path(output[0]).parent.parent,
+    log:
+        "logs/data/download_pretrained.log",
+    retries: 2
+    resources:
+        runtime=60,
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core download-pretrained --data-root {params.data_root:q} {params.args} "
+        "> {log:q} 2>&1"
+
+
 rule prepare_splits:
     input:
         data=lambda wc: data_marker(run_of(wc)[0].dataset),

@@ -1,4 +1,12 @@
-# Tables and plots per run, the mean/std table of sweeps, and the summary over experiments.
+# Tables and plots per run, the mean/std table of sweeps, the summary over experiments, and the
+# comparison of every method of a setting with the published numbers. All cheap: run locally.
+
+localrules:
+    table,
+    sweep_table,
+    summary,
+    compare,
+    share_step0,
 
 
 rule table:
@@ -61,3 +69,28 @@ rule summary:
     shell:
         "python -m lgkd_core report summary --table {params.tables} --out {output:q} "
         "> {log:q} 2>&1"
+
+
+rule compare:
+    input:
+        unpack(_compare_inputs),
+    output:
+        table=report(
+            "results/{setting}/compare.csv",
+            category="{setting}",
+            caption="../report/compare.rst",
+        ),
+        plot=report(
+            "results/{setting}/compare.png",
+            category="{setting}",
+            caption="../report/compare.rst",
+        ),
+    params:
+        args=compare_args,
+    log:
+        "logs/{setting}/compare.log",
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core compare {params.args} --out {output.table:q} "
+        "--plot {output.plot:q} --title {wildcards.setting:q} > {log:q} 2>&1"

@@ -27,3 +27,27 @@ rule train:
         ENV
     shell:
         "python -m lgkd_core {params.command} > {log:q} 2>&1"
+
+
+# Step 0 is plain cross-entropy for every method: a run whose step-0 recipe another run shares
+# links the shared step-0 run's model and scores (hard link; a copy across file systems).
+rule share_step0:
+    input:
+        unpack(_shared_step0),
+    output:
+        model="results/{run}/step0/model.pt",
+        metrics="results/{run}/step0/metrics.json",
+    wildcard_constraints:
+        run=_alternatives(SHARED_STEP0),
+    log:
+        "logs/{run}/step0/share_step0.log",
+    conda:
+        ENV
+    shell:
+        "(ln -f {input.model:q} {output.model:q} 2>/dev/null || cp -p {input.model:q} {output.model:q})"
+        " && (ln -f {input.metrics:q} {output.metrics:q} 2>/dev/null"
+        " || cp -p {input.metrics:q} {output.metrics:q}) && echo linked {input.model:q} > {log:q}"
+
+
+ruleorder: share_step0 > train
+ruleorder: share_step0 > evaluate

@@ -1,0 +1,185 @@
+"""The baselines in real training: a shared step 0 gathering importance, then each step 1.
+
+Tiny runs on the embedded synthetic data (24 images of 64 px, a quarter-width ResNet-18, CPU):
+step 0 with and without ``--importance`` (same weights), a step 1 of LwF-MC, EWC, PI, RW and
+MiB+LGKD from it, and an EWC step 1 killed (SIGKILL) after its first checkpoint that resumes to
+the same weights and the same Fisher, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lgkd_core.data.synthetic import synthesize
+from lgkd_core.engine.checkpoint import load_model_file, safe_load
+from lgkd_core.engine.trainer import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TINY = {
+    "backbone": "resnet18_w0.25",
+    "head_channels": 32,
+    "crop_size": 64,
+    "output_stride": 8,
+    "workers": 0,
+    "device": "cpu",
+    "log_every": 1000,
+    "batch_size": 4,
+    "seed": 7,
+}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    synthesize(root / "synthetic", seed=1, n_train=24, n_val=4, size=64, workers=1)
+    return root
+
+
+def _cfg(data_root: Path, out: Path, step: int, method: str, **kw) -> TrainConfig:
+    # Step 0: 5 iterations per epoch, 3 epochs (RW samples its score at updates 1 and 11).
+    base = {"epochs": 3 if step == 0 else 1, "lr": 0.05 if step == 0 else 0.01}
+    return TrainConfig(
+        dataset="synthetic", task="15-5", step=step, method=method, data_root=data_root,
+        out=out, **{**TINY, **base, **kw},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def step0(data_root, tmp_path_factory) -> dict[str, Path]:
+    """The shared step 0, with and without importance statistics."""
+    return {
+        flag: train(_cfg(data_root, tmp_path_factory.mktemp(f"step0-{flag}"), 0, "FT", **kw))
+        for flag, kw in (("plain", {}), ("importance", {"importance": True}))
+    }
+
+
+def _same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:5]}"
+
+
+def test_step0_importance_gathers_all_three_and_keeps_the_weights(step0):
+    plain, tracked = load_model_file(step0["plain"]), load_model_file(step0["importance"])
+    _same_weights(plain["model_state"], tracked["model_state"])
+    assert "regularizers" not in plain
+    reg = tracked["regularizers"]
+    assert set(reg) == {"ewc", "pi", "rw"}
+    params = {k for k in tracked["model_state"] if k.endswith((".weight", ".bias"))}
+    assert set(reg["ewc"]["fisher"]) == set(reg["pi"]["score"]) == set(reg["rw"]["score"]) == params
+    for name, w in tracked["model_state"].items():
+        if name in params:
+            for t in (reg["ewc"]["fisher"][name], reg["rw"]["fisher"][name]):
+                assert t.shape == w.shape and t.device.type == "cpu" and (t > 0).all()
+            assert (reg["pi"]["score"][name] >= 0).all() and (reg["rw"]["score"][name] >= 0).all()
+    # 15 step-0 iterations: RW's score is sampled at updates 1 and 11, PI's integral all along.
+    assert any(s.sum() > 0 for s in reg["pi"]["score"].values())
+    assert any(s.sum() > 0 for s in reg["rw"]["score"].values())
+
+
+EXPECTED = {
+    "LwF-MC": {"ce", "icarl"},
+    "EWC": {"ce", "reg"},
+    "PI": {"ce", "reg"},
+    "RW": {"ce", "reg"},
+    "MiB+LGKD": {"ce", "kd"},
+}
+
+
+@pytest.mark.parametrize("method", list(EXPECTED))
+def test_step1_of_each_baseline(method, data_root, step0, tmp_path):
+    model = train(_cfg(data_root, tmp_path, 1, method, teacher=step0["importance"]))
+    payload = load_model_file(model)
+    stats = payload["train_stats"]
+    components = set(stats) - {"images_per_second", "data_wait_fraction", "total"}
+    assert components == EXPECTED[method], stats
+    assert all(math.isfinite(v) for v in stats.values()), stats
+    assert all(torch.isfinite(v.float()).all() for v in payload["model_state"].values())
+    kind = method.lower()
+    if "reg" not in EXPECTED[method]:
+        assert "regularizers" not in payload
+        return
+    assert stats["reg"] > 0
+    assert set(payload["regularizers"]) == {kind}
+    state, before = payload["regularizers"][kind], load_model_file(step0["importance"])
+    prev = before["regularizers"][kind]
+    new_params = {"cls.1.weight", "cls.1.bias"}
+    key = "score" if kind == "pi" else "fisher"
+    assert new_params <= set(state[key]) and set(prev[key]) <= set(state[key])
+    if kind == "pi":  # the new path integral adds to the previous score
+        for name, s in prev["score"].items():
+            assert (state["score"][name] >= s).all(), name
+    else:  # the Fisher EMA continued from step 0's
+        assert not torch.equal(state["fisher"]["cls.0.weight"], prev["fisher"]["cls.0.weight"])
+
+
+def test_regularised_step1_without_statistics_fails_at_startup(data_root, step0, tmp_path):
+    with pytest.raises(ValueError, match=r"holds none: train step 0 with --importance") as info:
+        train(_cfg(data_root, tmp_path, 1, "EWC", teacher=step0["plain"]))
+    assert str(step0["plain"]) in str(info.value) and "step0_importance: true" in str(info.value)
+    assert not (tmp_path / "model.pt").exists()
+
+
+# -- resume ------------------------------------------------------------------------------------
+def _cmd(data_root: Path, out: Path, teacher: Path, *extra: str) -> list[str]:
+    """EWC step 1: 3 iterations per epoch, 3 epochs (time to kill it after iteration 1)."""
+    return [
+        sys.executable, "-m", "lgkd_core", "train", "--dataset", "synthetic", "--task", "15-5",
+        "--step", "1", "--method", "EWC", "--data-root", str(data_root), "--out", str(out),
+        "--teacher", str(teacher), "--epochs", "3", "--batch-size", "4", "--lr", "0.01",
+        "--crop-size", "64", "--output-stride", "8", "--backbone", "resnet18_w0.25",
+        "--head-channels", "32", "--device", "cpu", "--seed", "7", "--workers", "0",
+        "--log-every", "1000", *extra,
+    ]  # fmt: skip
+
+
+def _checkpoints(state: Path) -> list[Path]:
+    return sorted(state.glob("ckpt-*.pt")) if state.is_dir() else []
+
+
+def test_killed_ewc_step_resumes_bit_identically(data_root, step0, tmp_path):
+    teacher = step0["importance"]
+    ref = subprocess.run(
+        _cmd(data_root, tmp_path / "ref", teacher), env=ENV, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "run"
+    cmd = _cmd(data_root, out, teacher, "--checkpoint-every", "1")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:  # kill as soon as the job's first checkpoint exists (its own progress, no sleep-wait)
+        while not _checkpoints(out / "state"):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL, "the job ended before it was killed"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert not (out / "model.pt").exists()
+    newest = _checkpoints(out / "state")[-1]
+    state = safe_load(newest)
+    assert 0 < state["global_iter"] < 9 and set(state["regularizers"]) == {"ewc"}
+
+    resumed = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming step 1 from {newest}" in resumed.stderr, resumed.stderr[-3000:]
+    a, b = load_model_file(tmp_path / "ref" / "model.pt"), load_model_file(out / "model.pt")
+    _same_weights(a["model_state"], b["model_state"])
+    _same_weights(a["regularizers"]["ewc"]["fisher"], b["regularizers"]["ewc"]["fisher"])
