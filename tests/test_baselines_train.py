@@ -88,7 +88,14 @@ def test_step0_importance_gathers_all_three_and_keeps_the_weights(step0):
     assert any(s.sum() > 0 for s in reg["rw"]["score"].values())
 
 
+# Every method of the paper's tables: two steps each (step 1 from the shared step 0).
 EXPECTED = {
+    "FT": {"ce"},
+    "LwF": {"ce", "kd"},
+    "ILT": {"ce", "kd", "de"},
+    "MiB": {"ce", "kd"},
+    "PLOP": {"ce", "pod"},
+    "LGKD": {"ce", "kd", "pod"},
     "LwF-MC": {"ce", "icarl"},
     "EWC": {"ce", "reg"},
     "PI": {"ce", "reg"},
