@@ -24,7 +24,6 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from pathlib import Path
@@ -32,9 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lgkd_core.engine.checkpoint import atomic_write_bytes
 from lgkd_core.published import published
-from lgkd_core.report import read_table, write_csv
+from lgkd_core.report import read_table, save_png, write_csv
 from lgkd_core.tasks import Task, get_task
 
 METRICS = ("old", "new", "all", "mean_all")
@@ -128,10 +126,7 @@ def plot_compare(
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(Path(path), lambda fh: fh.write(buffer.getvalue()))
+    save_png(fig, path)
 
 
 def _split(item: str, parts: int, option: str) -> list[str]:

@@ -305,6 +305,14 @@ def read_table(path: Path | str) -> pd.DataFrame:
     return table
 
 
+def save_png(fig, path: Path | str) -> None:
+    """A matplotlib figure as PNG (tight layout), written atomically."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(Path(path), lambda fh: fh.write(buffer.getvalue()))
+
+
 def plot_miou(table: pd.DataFrame, path: Path | str, title: str = "") -> None:
     """mIoU (%) of old/new/all (and background, dashed) per step, saved as PNG atomically.
 
@@ -338,10 +346,7 @@ def plot_miou(table: pd.DataFrame, path: Path | str, title: str = "") -> None:
     ax.legend(loc="lower left")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(Path(path), lambda fh: fh.write(buffer.getvalue()))
+    save_png(fig, path)
 
 
 # -- CLI -------------------------------------------------------------------------------------
