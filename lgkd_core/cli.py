@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from lgkd_core.io import parse_pairs
+
 
 def _setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
@@ -23,18 +25,8 @@ def _setup_logging() -> None:
 
 
 def _parse_set(items: list[str]) -> dict:
-    """``key=value`` pairs; values parsed as YAML scalars (numbers, booleans, null)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _optional_path(value: str | None) -> Path | None:
-    return Path(value) if value else None
+    """``--set key=value`` items; values parsed as YAML scalars (numbers, booleans, null)."""
+    return {k: yaml.safe_load(v) for k, v in parse_pairs(items, "--set").items()}
 
 
 # -- synthesize ------------------------------------------------------------------------------

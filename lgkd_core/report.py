@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lgkd_core.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from lgkd_core.io import atomic_write_bytes, atomic_write_text, parse_pairs
 from lgkd_core.tasks import Task, get_task
 
 GROUPS = ("background", "old", "old_bg", "new", "all")
@@ -350,18 +350,6 @@ def plot_miou(table: pd.DataFrame, path: Path | str, title: str = "") -> None:
 
 
 # -- CLI -------------------------------------------------------------------------------------
-def _pairs(items: list[str], option: str) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{option} expects NAME=PATH, got {item!r}")
-        if name in out:
-            raise ValueError(f"{option}: name {name!r} is given twice; names must be unique")
-        out[name] = Path(path)
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Sub-commands ``table``, ``sweep`` and ``summary`` (list options may be repeated)."""
     sub = parser.add_subparsers(dest="report_kind", required=True, metavar="{table,sweep,summary}")
@@ -407,13 +395,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the requested table (and plot); bad input raises ValueError/FileNotFoundError."""
     if args.report_kind == "summary":
-        tables = {k: read_table(v) for k, v in _pairs(args.table, "--table").items()}
+        tables = {k: read_table(v) for k, v in parse_pairs(args.table, "--table").items()}
         write_csv(summary_table(tables), args.out)
         return 0
     if args.report_kind == "table":
         table = step_table(args.metrics, dataset=args.dataset, task=args.task)
     else:
-        members = {k: read_table(v) for k, v in _pairs(args.member, "--member").items()}
+        members = {k: read_table(v) for k, v in parse_pairs(args.member, "--member").items()}
         table = sweep_table(members)
     write_csv(table, args.out)
     if args.plot:

@@ -9,11 +9,8 @@ the same weights and the same Fisher, bit for bit.
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +20,10 @@ from lgkd_core.data.synthetic import synthesize
 from lgkd_core.engine.checkpoint import load_model_file, safe_load
 from lgkd_core.engine.trainer import TrainConfig, train
 
+from helpers import ENV, assert_same_tensors, checkpoints, kill_after_checkpoints
+
 pytestmark = pytest.mark.slow
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = {
     "backbone": "resnet18_w0.25",
     "head_channels": 32,
@@ -64,15 +62,9 @@ def step0(data_root, tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:5]}"
-
-
 def test_step0_importance_gathers_all_three_and_keeps_the_weights(step0):
     plain, tracked = load_model_file(step0["plain"]), load_model_file(step0["importance"])
-    _same_weights(plain["model_state"], tracked["model_state"])
+    assert_same_tensors(plain["model_state"], tracked["model_state"])
     assert "regularizers" not in plain
     reg = tracked["regularizers"]
     assert set(reg) == {"ewc", "pi", "rw"}
@@ -151,10 +143,6 @@ def _cmd(data_root: Path, out: Path, teacher: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _checkpoints(state: Path) -> list[Path]:
-    return sorted(state.glob("ckpt-*.pt")) if state.is_dir() else []
-
-
 def test_killed_ewc_step_resumes_bit_identically(data_root, step0, tmp_path):
     teacher = step0["importance"]
     ref = subprocess.run(
@@ -165,22 +153,9 @@ def test_killed_ewc_step_resumes_bit_identically(data_root, step0, tmp_path):
 
     out = tmp_path / "run"
     cmd = _cmd(data_root, out, teacher, "--checkpoint-every", "1")
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    try:  # kill as soon as the job's first checkpoint exists (its own progress, no sleep-wait)
-        while not _checkpoints(out / "state"):
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL, "the job ended before it was killed"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    kill_after_checkpoints(cmd, out / "state")  # on the job's own progress, no sleep-wait
     assert not (out / "model.pt").exists()
-    newest = _checkpoints(out / "state")[-1]
+    newest = checkpoints(out / "state")[-1]
     state = safe_load(newest)
     assert 0 < state["global_iter"] < 9 and set(state["regularizers"]) == {"ewc"}
 
@@ -188,5 +163,5 @@ def test_killed_ewc_step_resumes_bit_identically(data_root, step0, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming step 1 from {newest}" in resumed.stderr, resumed.stderr[-3000:]
     a, b = load_model_file(tmp_path / "ref" / "model.pt"), load_model_file(out / "model.pt")
-    _same_weights(a["model_state"], b["model_state"])
-    _same_weights(a["regularizers"]["ewc"]["fisher"], b["regularizers"]["ewc"]["fisher"])
+    assert_same_tensors(a["model_state"], b["model_state"])
+    assert_same_tensors(a["regularizers"]["ewc"]["fisher"], b["regularizers"]["ewc"]["fisher"])

@@ -17,8 +17,8 @@ from lgkd_core.data.splits import (
     read_ids,
     select_eval,
     select_train,
-    write_ids,
 )
+from lgkd_core.io import write_ids
 from lgkd_core.tasks import get_task
 
 VOC_15_1 = get_task("voc", "15-1")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ import torch.multiprocessing as mp
 
 from lgkd_core.metrics import ConfusionMatrix
 from lgkd_core.tasks import get_task
+
+from helpers import free_port
 
 
 def _numpy_confusion(pred: np.ndarray, target: np.ndarray, n: int) -> np.ndarray:
@@ -137,16 +138,10 @@ def _reduce_worker(rank: int, world: int, port: int, n: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_all_reduce_sums_over_two_gloo_ranks(tmp_path):
     n = 5
     out = str(tmp_path / "matrix")
-    mp.spawn(_reduce_worker, args=(2, _free_port(), n, out), nprocs=2, join=True)
+    mp.spawn(_reduce_worker, args=(2, free_port(), n, out), nprocs=2, join=True)
     expected = np.zeros((n, n), dtype=np.int64)
     for rank in range(2):
         pred, target = _rank_batch(rank, n)

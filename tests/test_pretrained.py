@@ -9,11 +9,8 @@ import html
 import io
 import json
 import logging
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +32,8 @@ from lgkd_core.engine.trainer import TrainConfig, train
 from lgkd_core.models import build_backbone, build_model
 from lgkd_core.models.imagenet import init_backbone, torchvision_key
 from lgkd_core.report import step_table
+
+from helpers import planned_jobs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "resnet18_w0.25"
@@ -405,32 +404,13 @@ def test_unset_pretrained_is_refused_naming_the_key():
     assert X.resolve(cfg)["mine"].members[0].shared_step0 is None
 
 
-def _snakemake(args: list[str], workdir: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(workdir), *args]  # fmt: skip
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
-
-
-def _jobs(out: str) -> list[dict]:
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        if head := re.match(r"(?:local)?rule (\w+):", block):
-            job = {"rule": head[1], "block": block}
-            for key in ("input", "output"):
-                m = re.search(rf"^\s+{key}: (.*)$", block, re.M)
-                job[key] = m[1].split(", ") if m else []
-            jobs.append(job)
-    return jobs
-
-
 def test_dry_run_schedules_the_download_for_step0(tmp_path):
     mirror = {"downloads": {"pretrained": {"url": "file:///mirror/r101.pth.tar", "md5": "ab" * 16}}}
     (tmp_path / "mirror.yaml").write_text(yaml.safe_dump(mirror))
     args = ["-n", "-p", "results/voc_15-1/table.csv", "--configfile", str(tmp_path / "mirror.yaml")]
-    proc = _snakemake(args, tmp_path)
+    proc = snakemake(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = _jobs(proc.stdout)
+    jobs = planned_jobs(proc.stdout)
     file = f"data/pretrained/{P.IABN_FILE}"
     (download,) = [j for j in jobs if j["rule"] == "download_pretrained"]
     assert download["output"] == [file]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from lgkd_core.cli import main
-from lgkd_core.engine.checkpoint import atomic_write_json
+from lgkd_core.io import atomic_write_json
 from lgkd_core.metrics import ConfusionMatrix
 from lgkd_core.report import plot_miou, step_table, summary_table, sweep_table
 from lgkd_core.tasks import get_task

@@ -8,11 +8,9 @@ an uninterrupted run (CPU, fixed seed, deterministic algorithms).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +23,16 @@ from lgkd_core.data.synthetic import synthesize
 from lgkd_core.engine.checkpoint import load_model_file, safe_load
 from lgkd_core.engine.trainer import NonFiniteLossError, TrainConfig, train
 
-pytestmark = pytest.mark.slow
+from helpers import (
+    ENV,
+    assert_same_tensors,
+    checkpoints,
+    free_port,
+    kill_after_checkpoints,
+    sha256,
+)
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -56,44 +61,8 @@ def _run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     return proc
 
 
-def _checkpoints(state: Path) -> list[Path]:
-    return sorted(state.glob("ckpt-*.pt")) if state.is_dir() else []
-
-
-def _kill_after_first_checkpoint(
-    cmd: list[str],
-    state: Path,
-    timeout: float = 240,
-    ignore: frozenset[str] = frozenset(),
-    count: int = 1,
-) -> None:
-    """Start ``cmd``, SIGKILL it as soon as ``count`` checkpoint files (not named in ``ignore``)
-    exist under ``state``."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while len([p for p in _checkpoints(state) if p.name not in ignore]) < count:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL, "the job ended before it was killed"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _assert_same_weights(a: Path, b: Path) -> None:
-    sa, sb = load_model_file(a)["model_state"], load_model_file(b)["model_state"]
-    assert sa.keys() == sb.keys()
-    differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
-    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:5]}"
+    assert_same_tensors(load_model_file(a)["model_state"], load_model_file(b)["model_state"])
 
 
 @pytest.fixture(scope="module")
@@ -129,13 +98,13 @@ def test_killed_job_resumes_bit_identically(
     reference = step1_reference if step else step0_reference
     if step:
         extra = [*extra, "--teacher", str(step0_reference)]
-    teacher_sha = _sha(step0_reference)
+    teacher_sha = sha256(step0_reference)
     out = tmp_path / "run"
     cmd = _train_cmd(data_root, out, step, *extra)
 
-    _kill_after_first_checkpoint(cmd, out / "state")
+    kill_after_checkpoints(cmd, out / "state")
     assert not (out / "model.pt").exists(), "a killed job must not leave a model file"
-    kept = _checkpoints(out / "state")
+    kept = checkpoints(out / "state")
     assert kept, "the checkpoint written before the kill is kept"
     newest = kept[-1]
     state = safe_load(newest)
@@ -146,8 +115,8 @@ def test_killed_job_resumes_bit_identically(
     assert f"resuming step {step} from {newest}" in proc.stderr, proc.stderr[-3000:]
     assert f"epoch {state['epoch']}, batch {state['batch']}" in proc.stderr
     _assert_same_weights(out / "model.pt", reference)
-    assert _sha(step0_reference) == teacher_sha, "the teacher file must not change"
-    assert not _checkpoints(out / "state"), "the state of a finished step is cleared"
+    assert sha256(step0_reference) == teacher_sha, "the teacher file must not change"
+    assert not checkpoints(out / "state"), "the state of a finished step is cleared"
 
 
 def test_truncated_newest_checkpoint_is_skipped_for_the_previous_one(
@@ -155,8 +124,8 @@ def test_truncated_newest_checkpoint_is_skipped_for_the_previous_one(
 ):
     out = tmp_path / "run"
     cmd = _train_cmd(data_root, out, 0, "--workers", "0", "--checkpoint-every", "3")
-    _kill_after_first_checkpoint(cmd, out / "state", count=2)
-    older, newest = _checkpoints(out / "state")[-2:]
+    kill_after_checkpoints(cmd, out / "state", count=2)
+    older, newest = checkpoints(out / "state")[-2:]
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])  # e.g. a disk that filled up
     proc = _run(cmd)
@@ -168,7 +137,7 @@ def test_truncated_newest_checkpoint_is_skipped_for_the_previous_one(
 def test_checkpoint_of_another_configuration_is_not_resumed(data_root, step0_reference, tmp_path):
     out = tmp_path / "changed"
     cmd = _train_cmd(data_root, out, 0, "--workers", "0")
-    _kill_after_first_checkpoint(cmd, out / "state")
+    kill_after_checkpoints(cmd, out / "state")
     proc = _run([*cmd, "--lr", "0.02"])  # a different run: its checkpoints must not be used
     assert "different configuration" in proc.stderr and "resuming" not in proc.stderr
     assert (out / "model.pt").is_file()
@@ -184,7 +153,7 @@ def test_checkpoints_of_another_configuration_do_not_shadow_this_runs(
     other = [*cmd, "--lr", "0.02", "--checkpoint-every", "2"]
     proc = subprocess.Popen(other, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while len(_checkpoints(out / "state")) < 2 or _checkpoints(out / "state")[-1].name < (
+        while len(checkpoints(out / "state")) < 2 or checkpoints(out / "state")[-1].name < (
             "ckpt-000000014.pt"
         ):
             assert proc.poll() is None, "the other run ended before it was killed"
@@ -192,8 +161,8 @@ def test_checkpoints_of_another_configuration_do_not_shadow_this_runs(
     finally:
         proc.kill()
         proc.wait()
-    foreign = frozenset(p.name for p in _checkpoints(out / "state"))
-    _kill_after_first_checkpoint(cmd, out / "state", ignore=foreign)
+    foreign = frozenset(p.name for p in checkpoints(out / "state"))
+    kill_after_checkpoints(cmd, out / "state", ignore=foreign)
     proc = _run(cmd)
     # Epoch 1 of this run (iteration 11) comes before the other run's files (12, 14) by name.
     assert f"resuming step 0 from {out / 'state' / 'ckpt-000000011.pt'}" in proc.stderr, (
@@ -233,7 +202,7 @@ def test_nonfinite_loss_stops_naming_step_iteration_and_checkpoint(data_root, tm
     state = safe_load(path)
     assert state["global_iter"] == good
     assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
-    assert _checkpoints(tmp_path / "state") == [path]
+    assert checkpoints(tmp_path / "state") == [path]
     assert not (tmp_path / "model.pt").exists()
 
 
@@ -279,7 +248,7 @@ def test_dead_ddp_rank_fails_the_whole_job(data_root, tmp_path):
     )
     try:
         deadline = time.monotonic() + 240
-        while not _checkpoints(out / "state"):
+        while not checkpoints(out / "state"):
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.02)
@@ -296,7 +265,7 @@ def test_dead_ddp_rank_fails_the_whole_job(data_root, tmp_path):
         assert not any(Path(f"/proc/{p}").exists() for p in ranks.values()), "a rank survived"
         stderr = proc.stderr.read().decode()
         assert "Signals.SIGKILL" in stderr or "exitcode  : -9" in stderr, stderr[-3000:]
-        assert _checkpoints(out / "state"), "the checkpoints written before are kept"
+        assert checkpoints(out / "state"), "the checkpoints written before are kept"
         assert not (out / "model.pt").exists()
         print(f"torchrun exited {code} {elapsed:.1f} s after rank 1 was killed")
     finally:
@@ -312,9 +281,7 @@ def test_dead_rank_without_launcher_fails_the_survivor(data_root, tmp_path):
     out = tmp_path / "ddp"
     cmd = _train_cmd(data_root, out, 0, "--workers", "0")
     cmd[cmd.index("--epochs") + 1] = "50"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     procs = []
     try:
         for rank in range(2):
@@ -326,7 +293,7 @@ def test_dead_rank_without_launcher_fails_the_survivor(data_root, tmp_path):
                 subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             )
         deadline = time.monotonic() + 240
-        while not _checkpoints(out / "state"):
+        while not checkpoints(out / "state"):
             assert all(p.poll() is None for p in procs), procs[0].stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.02)
@@ -337,7 +304,7 @@ def test_dead_rank_without_launcher_fails_the_survivor(data_root, tmp_path):
             pytest.fail("rank 1 still runs 90 s after rank 0 died")
         assert code != 0
         assert "Connection" in procs[1].stderr.read().decode()
-        assert _checkpoints(out / "state"), "the checkpoints written before are kept"
+        assert checkpoints(out / "state"), "the checkpoints written before are kept"
     finally:
         for p in procs:
             if p.poll() is None:

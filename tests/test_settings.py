@@ -19,6 +19,8 @@ from lgkd_core.cli import main as cli_main
 from lgkd_core.published import PUBLISHED, published
 from lgkd_core.tasks import get_task
 
+from helpers import planned_jobs, snakemake
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 PAPER_SETTINGS = ["voc_15-1", "voc_15-5", "voc_19-1", "voc_10-1",
@@ -211,38 +213,12 @@ def test_compare_cli_writes_csv_and_png_and_names_bad_input(tmp_path):
     assert cli_main(bad) == 2
 
 
-# -- the workflow: dry runs of the paper's settings, and a real comparison ---------------------
-def _snakemake(args: list[str], workdir: Path, timeout: float = 1200):
-    import os
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(workdir), *args]  # fmt: skip
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def _jobs(out: str) -> list[dict]:
-    import re
-
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        head = re.match(r"(?:local)?rule (\w+):", block)
-        if head:
-            job = {"rule": head.group(1)}
-            for key in ("input", "output"):
-                m = re.search(rf"^\s+{key}: (.*)$", block, re.M)
-                job[key] = m.group(1).split(", ") if m else []
-            jobs.append(job)
-    return jobs
-
-
+# -- the workflow: dry runs of the paper's settings (the real comparison: test_workflow.py) --------
 def test_dry_run_of_the_paper_settings_trains_each_step0_once(tmp_path):
     targets = [f"results/{s}/compare.csv" for s in PAPER_SETTINGS]
-    proc = _snakemake(["-n", *targets], tmp_path)
+    proc = snakemake(["-n", *targets], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = _jobs(proc.stdout)
+    jobs = planned_jobs(proc.stdout)
     step0 = [j for j in jobs if j["rule"] == "train" and j["output"][0].endswith("step0/model.pt")]
     # One step 0 per setting and one per dataset's Joint: 8 + 2, not 8 x 11 + 2.
     assert len(step0) == len(PAPER_SETTINGS) + 2, [j["output"] for j in step0]
@@ -257,53 +233,3 @@ def test_dry_run_of_the_paper_settings_trains_each_step0_once(tmp_path):
     for exp in settings["voc_15-1"].experiments.values():
         step1 = next(j for j in jobs if j["output"] == [f"results/{exp}/step1/model.pt"])
         assert f"results/{exp}/step0/model.pt" in step1["input"]
-
-
-# A cross-section of the methods (every one trains two steps in test_baselines_train.py): plain
-# CE, a regulariser, the binary loss, and the two LGKD combinations.
-TINY_METHODS = ["LGKD", "FT", "EWC", "LwF-MC", "MiB+LGKD"]
-TINY_SETTING = {
-    "synthetic": {"n_train": 80, "n_val": 40, "size": 64, "seed": 0},
-    "default_experiments": [],
-    "default_settings": ["tiny"],
-    "settings": {
-        "tiny": {"dataset": "synthetic", "task": "15-5", "methods": TINY_METHODS,
-                 "joint": "tiny_joint", "epochs_step0": 2, "epochs": 1, "head_channels": 32},
-    },
-    "experiments": {
-        "tiny_joint": {"dataset": "synthetic", "task": "offline", "method": "Joint",
-                       "epochs_step0": 2, "head_channels": 32},
-    },
-}  # fmt: skip
-
-
-@pytest.mark.slow
-def test_one_command_compares_methods_trained_from_one_step0(tmp_path):
-    """Several methods and Joint trained and compared by one command, on a tiny budget: the
-    pipeline, not the ranking (the embedded default, `make demo`, is sized for that)."""
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_SETTING))
-    proc = _snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    table = pd.read_csv(tmp_path / "results" / "tiny" / "compare.csv").set_index("method")
-    assert list(table.index) == [*TINY_METHODS, "Joint"]
-    assert (table.loc[TINY_METHODS, "steps"] == 2).all() and table.loc["Joint", "steps"] == 1
-    assert table[["old", "new", "all"]].notna().all().all()
-    assert (table["init"] == "random").all()  # pretrained: none for the synthetic backbone
-    assert table["published_all"].isna().all()  # nothing is published for the synthetic set
-    exps = X.resolve_settings({**CONFIG, **TINY_SETTING})["tiny"].experiments
-    # One step 0 for all methods: the same file, the same step-0 scores everywhere.
-    step0 = {
-        pd.read_csv(tmp_path / "results" / e / "table.csv").loc[0, "all"] for e in exps.values()
-    }
-    assert len(step0) == 1
-    (shared,) = (tmp_path / "results").glob("step0-synthetic-15-5-*")
-    inodes = {
-        (tmp_path / "results" / e / "step0" / "model.pt").stat().st_ino for e in exps.values()
-    }
-    assert inodes == {(shared / "step0" / "model.pt").stat().st_ino}  # hard links, no copies
-    # Every method's step 1 trained with its own loss terms, the regularisers with a penalty.
-    for method in ("EWC",):
-        log = (tmp_path / "logs" / exps[method] / "step1" / "train.log").read_text()
-        assert "reg=" in log, log[-1500:]
-    assert (tmp_path / "results" / "tiny" / "compare.png").read_bytes()[:4] == b"\x89PNG"

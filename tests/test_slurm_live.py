@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_slurm_installed
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +20,8 @@ from lgkd_core.engine.evaluate import evaluate
 from lgkd_core.engine.inputs import step_ids
 from lgkd_core.engine.trainer import StepTrainer, TrainConfig, train
 from lgkd_core.tasks import get_task
+
+from helpers import free_port, sha256
 
 pytestmark = pytest.mark.slow
 
@@ -60,10 +60,6 @@ def _cfg(data_root: Path, out: Path, step: int, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def step0_model(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("step0")
@@ -74,7 +70,7 @@ def test_step0_then_lgkd_step1(data_root, step0_model, tmp_path):
     payload = load_model_file(step0_model)
     assert payload["classes_per_step"] == [16]
     assert payload["order"] == list(range(16))
-    teacher_hash = _sha(step0_model)
+    teacher_hash = sha256(step0_model)
 
     metrics0 = evaluate(
         "synthetic", "15-5", 0, data_root, step0_model, tmp_path / "m0.json", crop_size=64,
@@ -92,7 +88,7 @@ def test_step0_then_lgkd_step1(data_root, step0_model, tmp_path):
     assert p1["classes_per_step"] == [16, 5]
     assert p1["model_state"]["cls.1.weight"].shape[0] == 5
     assert p1["method"] == "LGKD"
-    assert _sha(step0_model) == teacher_hash, "the teacher file must not change"
+    assert sha256(step0_model) == teacher_hash, "the teacher file must not change"
     assert not list((tmp_path / "step1" / "state").glob("*.pt")), "state is cleared when done"
     metrics1 = evaluate(
         "synthetic", "15-5", 1, data_root, model1, tmp_path / "m1.json", crop_size=64,
@@ -113,12 +109,6 @@ def test_teacher_with_wrong_layout_is_refused(data_root, step0_model, tmp_path):
     with pytest.raises(ValueError, match=r"step0.*needs classes"):
         train(cfg)
     assert step0_model.is_file()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out_dir: Path) -> None:
@@ -148,7 +138,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out_dir: Pat
 
 def test_ddp_two_ranks_stay_identical(data_root, step0_model, tmp_path):
     cfg = _cfg(data_root, tmp_path / "ddp", 1, teacher=step0_model, epochs=1, batch_size=8)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, tmp_path), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), cfg, tmp_path), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key, value in r0["state"].items():

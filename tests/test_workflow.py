@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,39 +16,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from lgkd_core import experiments as X
+
+from helpers import counts, planned_jobs, snakemake
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def snakemake(args: list[str], workdir: Path | None = None, timeout: float = 600):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-    if workdir is not None:
-        cmd += ["--directory", str(workdir)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        cmd + args, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def planned_jobs(out: str) -> list[dict]:
-    """Jobs of a dry run (``-n``): rule, input, output and wildcards of each."""
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        head = re.match(r"(?:local)?rule (\w+):", block)
-        if not head:
-            continue
-        job = {"rule": head.group(1)}
-        for key in ("input", "output", "wildcards"):
-            m = re.search(rf"^\s+{key}: (.*)$", block, re.M)
-            job[key] = m.group(1).split(", ") if m else []
-        jobs.append(job)
-    return jobs
-
-
-def counts(jobs: list[dict]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for j in jobs:
-        out[j["rule"]] = out.get(j["rule"], 0) + 1
-    return out
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 # -- planning --------------------------------------------------------------------------------
@@ -58,7 +32,7 @@ def test_dry_run_voc_15_1_plans_the_chain(tmp_path):
     # Step 0 is trained by the setting's shared step-0 run and linked into results/voc_15-1.
     c = counts(jobs)
     assert (c["download"], c["train"], c["evaluate"], c["table"]) == (1, 6, 6, 1), c
-    assert c["share_step0"] == 1 and c["prepare_splits"] == 2, c
+    assert c["share_step0"] == 2 and c["prepare_splits"] == 2, c  # model.pt, metrics.json
     trains = {int(re.search(r"step(\d)", j["output"][0]).group(1)): j for j in jobs
               if j["rule"] == "train"}  # fmt: skip
     assert sorted(trains) == list(range(6))
@@ -85,9 +59,11 @@ def test_dry_run_default_target_compares_every_method_from_one_step0(tmp_path):
     assert proc.returncode == 0, proc.stderr
     jobs = planned_jobs(proc.stdout)
     c = counts(jobs)
-    # 11 methods x 5 incremental steps, one shared step 0 and the Joint model.
+    # 11 methods x 5 incremental steps, one shared step 0 and the Joint model; each method links
+    # the shared model.pt and metrics.json, Joint's metrics.json is linked for compare.
     assert c["synthesize"] == 1 and c["compare"] == 1 and c["table"] == 11
-    assert c["train"] == 11 * 5 + 2 and c["evaluate"] == 11 * 5 + 2 and c["share_step0"] == 12
+    assert c["train"] == 11 * 5 + 2 and c["evaluate"] == 11 * 5 + 2
+    assert c["share_step0"] == 2 * 11 + 1, c
     ft0 = next(j for j in jobs if j["rule"] == "share_step0"
                and j["output"][0] == "results/synthetic_15-1_ft/step0/model.pt")  # fmt: skip
     lgkd0 = next(j for j in jobs if j["rule"] == "share_step0"
@@ -145,15 +121,23 @@ def test_experiment_name_cannot_escape_results(tmp_path):
 
 
 # -- a real reduced run ----------------------------------------------------------------------
+# A setting with a cross-section of the methods (every one trains two steps in-process in
+# test_baselines_train.py): LGKD, plain CE, and a regulariser that needs step 0's importance;
+# Joint as its upper bound; and a run that imports a step 0 from a file (step0_checkpoint).
+TINY_METHODS = ["LGKD", "FT", "EWC"]
 TINY = {
     "synthetic": {"n_train": 80, "n_val": 40, "size": 64, "seed": 0},
-    "default_experiments": ["tiny", "tiny_ft"],
-    "default_settings": [],
+    "default_experiments": ["tiny_released"],
+    "default_settings": ["tiny"],
+    "settings": {
+        "tiny": {"dataset": "synthetic", "task": "15-5", "methods": TINY_METHODS,
+                 "joint": "tiny_joint", "epochs_step0": 2, "epochs": 1, "head_channels": 32},
+    },
     "experiments": {
-        "tiny": {"dataset": "synthetic", "task": "15-5", "method": "LGKD", "epochs": 1,
-                 "epochs_step0": 2, "head_channels": 32},
-        "tiny_ft": {"dataset": "synthetic", "task": "15-5", "method": "FT", "epochs": 1,
-                    "head_channels": 32, "step0_checkpoint": "results/tiny/step0/model.pt"},
+        "tiny_joint": {"dataset": "synthetic", "task": "offline", "method": "Joint",
+                       "epochs_step0": 2, "head_channels": 32},
+        "tiny_released": {"dataset": "synthetic", "task": "15-5", "method": "FT", "epochs": 1,
+                          "head_channels": 32, "step0_checkpoint": "results/tiny/step0/model.pt"},
     },
 }  # fmt: skip
 
@@ -164,61 +148,107 @@ def _planned(workdir: Path, *extra: str) -> list[dict]:
     return planned_jobs(proc.stdout)
 
 
-@pytest.mark.slow
-def test_reduced_synthetic_run_and_resume(tmp_path):
-    cfg = tmp_path / "tiny.yaml"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(workdir, config file) of one finished workflow run of TINY: `snakemake --cores 2`."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    cfg = workdir / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
-    proc = snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path)
+    proc = snakemake(["--cores", "2", "--configfile", str(cfg)], workdir)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir, cfg
 
-    table = pd.read_csv(tmp_path / "results" / "tiny" / "table.csv")
+
+@pytest.mark.slow
+def test_one_command_compares_methods_trained_from_one_step0(tiny_run):
+    workdir, _ = tiny_run
+    results = workdir / "results"
+    table = pd.read_csv(results / "tiny" / "compare.csv").set_index("method")
+    assert list(table.index) == [*TINY_METHODS, "Joint"]
+    assert (table.loc[TINY_METHODS, "steps"] == 2).all() and table.loc["Joint", "steps"] == 1
+    assert table[["old", "new", "all"]].notna().all().all()
+    assert (table["init"] == "random").all()  # pretrained: none for the synthetic backbone
+    assert table["published_all"].isna().all()  # nothing is published for the synthetic set
+    assert (results / "tiny" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    exps = X.resolve_settings({**CONFIG, **TINY})["tiny"].experiments
+    # One step 0 for all methods: relative links to one file (no copies), the same scores.
+    (shared,) = results.glob("step0-synthetic-15-5-*")
+    for exp in exps.values():
+        for name in ("model.pt", "metrics.json"):
+            link = results / exp / "step0" / name
+            assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()
+            assert link.resolve() == (shared / "step0" / name).resolve()
+    step0 = {pd.read_csv(results / e / "table.csv").loc[0, "all"] for e in exps.values()}
+    assert len(step0) == 1
+    # The run with step0_checkpoint imported that file: same weights, same step-0 scores.
+    released = pd.read_csv(results / "tiny_released" / "table.csv")
+    assert list(released["step"]) == [0, 1] and released.loc[0, "all"] in step0
+    summary = pd.read_csv(results / "summary.csv")
+    assert list(summary["experiment"]) == ["tiny_released"]  # default_experiments only
+    # Each step 1 trained with its own loss terms, the regulariser with its penalty, no resume.
+    log = (workdir / "logs" / exps["EWC"] / "step1" / "train.log").read_text()
+    assert "reg=" in log and "resuming" not in log, log[-1500:]
+    assert not list((results / "tiny" / "step1" / "state").glob("*.pt"))
+    table = pd.read_csv(results / "tiny" / "table.csv")
     assert list(table["step"]) == [0, 1]
-    assert {"background", "old", "new", "all", "mean_all"} <= set(table.columns)
-    assert (tmp_path / "results" / "tiny" / "miou.png").read_bytes()[:4] == b"\x89PNG"
-    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
-    assert sorted(summary["experiment"]) == ["tiny", "tiny_ft"]
-    # The FT baseline starts from the LGKD experiment's step 0: same weights, same step-0 scores.
-    ft = pd.read_csv(tmp_path / "results" / "tiny_ft" / "table.csv")
-    assert ft.loc[0, "all"] == table.loc[0, "all"]
-    logs = tmp_path / "logs" / "tiny"
-    assert (logs / "step1" / "train.log").read_text().count("resuming") == 0
-    assert not list((tmp_path / "results" / "tiny" / "step1" / "state").glob("*.pt"))
+    assert {"background", "old", "new", "all", "mean_all", "init"} <= set(table.columns)
+    assert (results / "tiny" / "miou.png").read_bytes()[:4] == b"\x89PNG"
+    # Every result and log respects the umask (0644 under 022): the group can read them.
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [p for d in ("results", "logs") for p in (workdir / d).rglob("*") if p.is_file()]
+    modes = {oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert modes == {oct(0o666 & ~mask)}, modes
 
-    # The HTML report holds the flagged tables and plots.
-    report = tmp_path / "report.html"
-    proc = snakemake(["--report", str(report), "--configfile", str(cfg)], tmp_path)
+
+@pytest.mark.slow
+def test_report_holds_the_flagged_tables_and_plots(tiny_run):
+    workdir, cfg = tiny_run
+    report = workdir / "report.html"
+    proc = snakemake(["--report", str(report), "--configfile", str(cfg)], workdir)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert report.stat().st_size > 10_000 and "Adding miou.png" in proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert report.stat().st_size > 10_000
+    assert "Adding miou.png" in out and "Adding compare.png" in out, out[-2000:]
 
+
+@pytest.mark.slow
+def test_finished_run_reruns_only_what_changed(tiny_run):
+    """Runs last in this module: it deletes a model and changes the config."""
+    workdir, cfg = tiny_run
     # Finished: nothing to do.
-    proc = snakemake(["-n", "--configfile", str(cfg)], tmp_path)
+    proc = snakemake(["-n", "--configfile", str(cfg)], workdir)
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
     # One step's model deleted: that step, its evaluation and the tables only.
-    (tmp_path / "results" / "tiny" / "step1" / "model.pt").unlink()
-    jobs = _planned(tmp_path, "--configfile", str(cfg))
+    (workdir / "results" / "tiny" / "step1" / "model.pt").unlink()
+    jobs = _planned(workdir, "--configfile", str(cfg))
     trains = [j["output"][0] for j in jobs if j["rule"] == "train"]
     assert trains == ["results/tiny/step1/model.pt"], jobs
-    assert counts(jobs)["evaluate"] == 1 and counts(jobs)["table"] == 1
+    c = counts(jobs)
+    assert (c["evaluate"], c["table"], c["compare"]) == (1, 1, 1), c
 
     # A hyper-parameter of one experiment changed: that experiment's affected steps only.
     changed = yaml.safe_load(cfg.read_text())
-    changed["experiments"]["tiny_ft"]["lr"] = 0.002
+    changed["experiments"]["tiny_released"]["lr"] = 0.002
     cfg.write_text(yaml.safe_dump(changed))
-    proc = snakemake(["results/tiny/table.csv", "--cores", "2", "--configfile", str(cfg)], tmp_path)
+    target = ["results/tiny/compare.csv", "--cores", "2", "--configfile", str(cfg)]
+    proc = snakemake(target, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = _planned(tmp_path, "--configfile", str(cfg))
+    jobs = _planned(workdir, "--configfile", str(cfg))
     trains = sorted(j["output"][0] for j in jobs if j["rule"] == "train")
-    assert trains == ["results/tiny_ft/step1/model.pt"], trains
+    assert trains == ["results/tiny_released/step1/model.pt"], trains
 
 
 @pytest.mark.slow
 def test_killed_workflow_resumes_the_step_from_its_checkpoint(tmp_path):
     """SIGKILL snakemake and its training job mid-step; the same command continues from state/."""
     cfg = tmp_path / "tiny.yaml"
-    tiny = yaml.safe_load(yaml.safe_dump(TINY))
-    tiny["default_experiments"] = ["tiny"]
-    tiny["experiments"]["tiny"].update(epochs_step0=1, epochs=6)
+    tiny = {
+        "synthetic": TINY["synthetic"], "default_settings": [], "default_experiments": ["tiny"],
+        "experiments": {"tiny": {"dataset": "synthetic", "task": "15-5", "method": "LGKD",
+                                 "epochs_step0": 1, "epochs": 6, "head_channels": 32}},
+    }  # fmt: skip
     cfg.write_text(yaml.safe_dump(tiny))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(tmp_path), "--cores", "2", "--configfile", str(cfg)]  # fmt: skip

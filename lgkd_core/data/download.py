@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import hashlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -33,6 +32,8 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from lgkd_core.io import atomic_write_json, parse_pairs
 
 log = logging.getLogger(__name__)
 
@@ -450,16 +451,6 @@ def _resolve_sources(
     return out
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def prepare_dataset(
     dataset: str,
     data_root: Path,
@@ -502,7 +493,7 @@ def prepare_dataset(
         }
         archives.append(archive)
     root.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(marker, {"dataset": dataset, "sources": record})
+    atomic_write_json(marker, {"dataset": dataset, "sources": record}, sort_keys=True)
     if not keep_archives:
         for archive in archives:
             archive.unlink(missing_ok=True)
@@ -513,16 +504,6 @@ def prepare_dataset(
 
 
 # -- command line -----------------------------------------------------------------------------
-def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise SystemExit(f"{option} expects NAME=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m lgkd_core download``."""
     names = ", ".join(
@@ -555,8 +536,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of the ``download`` command."""
     spec = {s.name: s for s in SOURCES[args.dataset].sources}
-    urls = _pairs(args.source, "--source")
-    digests = _pairs(args.sha256, "--sha256")
+    urls = parse_pairs(args.source, "--source")
+    digests = parse_pairs(args.sha256, "--sha256")
     overrides: dict[str, ArchiveSource] = {}
     for name in {*urls, *digests}:
         if name not in spec:

@@ -20,6 +20,7 @@ import numpy as np
 
 from lgkd_core.data.labels import IGNORE, check_mask_values, invalid_values
 from lgkd_core.data.sources import DataFileError, image_size, open_source, read_mask
+from lgkd_core.io import write_ids
 from lgkd_core.tasks import Task, get_task
 
 
@@ -94,21 +95,6 @@ def select_eval(
 
 
 # -- id lists --------------------------------------------------------------------------------
-def write_ids(path: Path | str, ids: Sequence[str]) -> None:
-    """Write one id per line, atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.writelines(f"{i}\n" for i in ids)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def read_ids(path: Path | str) -> list[str]:
     """Ids written by :func:`write_ids` (blank lines skipped)."""
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lgkd_core.io import atomic_write_text
 from lgkd_core.tasks import SYNTHETIC_CLASSES
 
 log = logging.getLogger(__name__)
@@ -362,12 +363,6 @@ def _check_out(out: Path, params: dict) -> dict | None:
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     step = max(1, math.ceil(n / parts))
     return [(a, min(n, a + step)) for a in range(0, n, step)]
@@ -431,7 +426,7 @@ def synthesize(
         ids = [sample_id(split, i) for i in range(counts[split])]
         lines = "".join(f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png\n" for i in ids)
         rel = (LIST_DIR / _LIST_NAME[split]).as_posix()
-        _write_atomic(out / rel, lines)
+        atomic_write_text(out / rel, lines)
         hashes[rel] = list_sha[rel] = hashlib.sha256(lines.encode()).hexdigest()
 
     everything = hashlib.sha256(
@@ -444,7 +439,7 @@ def synthesize(
         "num_files": len(hashes),
         "sha256_all": everything,
     }
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     log.info(
         "synthesized %d + %d images (%d px) into %s in %.1f s with %d process(es)",
         n_train, n_val, size, out, time.perf_counter() - start, nproc,

@@ -177,9 +177,8 @@ def _members(wc):
 
 
 def _shared_step0(wc):
-    """The shared step-0 run's model and metrics, linked into this run's step0/."""
-    run = f"results/{SHARED_STEP0[wc.run]}/step0"
-    return {"model": f"{run}/model.pt", "metrics": f"{run}/metrics.json"}
+    """The shared step-0 run's model.pt or metrics.json, linked into this run's step0/."""
+    return f"results/{SHARED_STEP0[wc.run]}/step0/{wc.file}"
 
 
 # -- used by compare (report.smk) --------------------------------------------

@@ -30,23 +30,25 @@ rule train:
 
 
 # Step 0 is plain cross-entropy for every method: a run whose step-0 recipe another run shares
-# links the shared step-0 run's model and scores (hard link; a copy across file systems).
+# gets a relative symbolic link to the shared step-0 run's model and scores. Not a hard link:
+# Snakemake touches every output after its job, and touching a hard link would change the shared
+# file's time too (its metrics.json would look older than its model.pt and be re-evaluated).
 rule share_step0:
     input:
-        unpack(_shared_step0),
+        _shared_step0,
     output:
-        model="results/{run}/step0/model.pt",
-        metrics="results/{run}/step0/metrics.json",
+        "results/{run}/step0/{file}",
     wildcard_constraints:
         run=_alternatives(SHARED_STEP0),
+        file=r"model\.pt|metrics\.json",
+    params:
+        target=lambda wc, input, output: os.path.relpath(input[0], os.path.dirname(output[0])),
     log:
-        "logs/{run}/step0/share_step0.log",
+        "logs/{run}/step0/share_{file}.log",
     conda:
         ENV
     shell:
-        "(ln -f {input.model:q} {output.model:q} 2>/dev/null || cp -p {input.model:q} {output.model:q})"
-        " && (ln -f {input.metrics:q} {output.metrics:q} 2>/dev/null"
-        " || cp -p {input.metrics:q} {output.metrics:q}) && echo linked {input.model:q} > {log:q}"
+        "ln -sfn {params.target:q} {output:q} && echo linked {input:q} > {log:q}"
 
 
 ruleorder: share_step0 > train
