@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from lgkd_core import __version__
 from lgkd_core.io import parse_pairs
 
 
@@ -301,6 +302,7 @@ COMMANDS = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The CLI; ``only`` builds just that command (its module alone is imported: fast start)."""
     parser = argparse.ArgumentParser(prog="python -m lgkd_core", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lgkd_core {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, add in COMMANDS.items():
         if only is None or name == only:

@@ -382,7 +382,7 @@ def train_args(
 
 def import_args(exp: Experiment, member: Member, run_dir: Path, source: str) -> list[str]:
     """Arguments of ``python -m lgkd_core import-step0`` for a released step-0 model."""
-    args = ["import-step0", "--source", str(source), "--dataset", exp.dataset]
+    args = ["--source", str(source), "--dataset", exp.dataset]
     args += ["--task", member.task, "--out", str(run_dir / "step0" / "model.pt")]
     for key in ("backbone", "head_channels", "output_stride"):
         if exp.get(key) is not None:

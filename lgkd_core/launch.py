@@ -8,9 +8,13 @@
   rendezvous on the allocation's first node. Every count is given explicitly because the SLURM
   executor plugin strips ``SLURM_*`` variables from the job step.
 
-``OMP_NUM_THREADS`` is set to the job's threads divided by the processes per node: Snakemake
-exports the job's full thread count, and every rank using all of it oversubscribes the cores.
-The SLURM job id, the host and the command are logged first so every log names its job.
+``OMP_NUM_THREADS`` is set to the job's threads divided by the processes per node, less each
+process's DataLoader workers (they are processes of their own, a core each), at least 1:
+Snakemake exports the job's full thread count, and every rank using all of it oversubscribes
+the cores.
+The SLURM job id, the host and the command are logged first so every log names its job; then
+the launcher replaces itself with the command (``exec``), so signals and the exit status are
+the command's own.
 """
 
 from __future__ import annotations
@@ -22,14 +26,27 @@ import shlex
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 log = logging.getLogger("lgkd_core.launch")
 
 RDZV_PORT = 29400
 
 
-def threads_per_process(threads: int, nproc_per_node: int) -> int:
-    return max(1, threads // max(1, nproc_per_node))
+def threads_per_process(threads: int, nproc_per_node: int, workers: int = 0) -> int:
+    """Compute threads of each process: its share of the job's ``threads``, less its loader
+    ``workers``, at least 1."""
+    return max(1, threads // max(1, nproc_per_node) - max(0, workers))
+
+
+def loader_workers(argv: list[str]) -> int:
+    """The ``--workers N`` of a train command line (0 when absent)."""
+    for i, arg in enumerate(argv):
+        if arg == "--workers" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--workers="):
+            return int(arg.split("=", 1)[1])
+    return 0
 
 
 def first_host(nodelist: str) -> str:
@@ -79,10 +96,43 @@ def launch_command(
     ]
 
 
+def open_attempt_log(log: Path) -> Path:
+    """Send this process's stdout and stderr to a new ``STEM.N.SUFFIX`` beside ``log`` (the first
+    free N) and point ``log`` at it with a relative symbolic link.
+
+    Snakemake deletes a job's declared log before every attempt; here it deletes only the link,
+    so the log of every earlier attempt (a time limit, a lost node, a kill) stays beside it.
+    """
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        attempt = log.with_name(f"{log.stem}.{n}{log.suffix}")
+        try:
+            fd = os.open(attempt, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            n += 1
+    if log.is_symlink() or log.exists():
+        log.unlink()
+    log.symlink_to(attempt.name)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return attempt
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc-per-node", type=int, default=1, help="GPUs (or CPU processes)")
     parser.add_argument("--nnodes", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads of the whole job")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        help="write the job's output to LOG.N (N: the attempt) and link LOG to it",
+    )
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="-- train ARGS...")
 
 
@@ -92,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("launch: give the command after --, e.g. -- train --dataset voc ...")
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise ValueError("launch: --nproc-per-node and --nnodes must be at least 1")
+    attempt = open_attempt_log(args.log) if args.log else None
     job_id = os.environ.get("SLURM_JOB_ID")
     head = None
     if args.nnodes > 1 and os.environ.get("SLURM_JOB_NODELIST"):
@@ -99,13 +150,20 @@ def run(args: argparse.Namespace) -> int:
     cmd = launch_command(argv, args.nproc_per_node, args.nnodes, head_host=head, job_id=job_id)
     env = dict(os.environ)
     if args.threads:
-        env["OMP_NUM_THREADS"] = str(threads_per_process(args.threads, args.nproc_per_node))
+        per_process = threads_per_process(args.threads, args.nproc_per_node, loader_workers(argv))
+        env["OMP_NUM_THREADS"] = str(per_process)
     log.info(
-        "SLURM job %s on %s, OMP_NUM_THREADS=%s: %s",
+        "%sSLURM job %s on %s, %d process(es) x %d node(s), OMP_NUM_THREADS=%s: %s",
+        f"{attempt.name}: " if attempt else "",
         job_id or "none",
         socket.gethostname(),
+        args.nproc_per_node,
+        args.nnodes,
         env.get("OMP_NUM_THREADS", "unset"),
         shlex.join(cmd),
     )
+    sys.stdout.flush()
     sys.stderr.flush()
-    return subprocess.run(cmd, env=env).returncode
+    # Become the command (same process): a signal for the job (SIGTERM before a time limit)
+    # reaches the trainer or torchrun directly, and the job's exit status is the command's.
+    os.execvpe(cmd[0], cmd, env)

@@ -13,7 +13,7 @@ import torch
 from lgkd_core.engine.checkpoint import CheckpointError, load_model_file, save_model_file
 from lgkd_core.engine.released import import_step0
 from lgkd_core.experiments import ConfigError, parse_run, resolve
-from lgkd_core.launch import launch_command, threads_per_process
+from lgkd_core.launch import launch_command, loader_workers, threads_per_process
 from lgkd_core.models import build_model
 from lgkd_core.tasks import get_task
 
@@ -34,6 +34,10 @@ def test_launch_command_forms():
     with pytest.raises(ValueError, match="SLURM allocation"):
         launch_command(argv, 4, nnodes=2, python="py")
     assert threads_per_process(16, 4) == 4 and threads_per_process(1, 2) == 1
+    # Each process's DataLoader workers take a core each: 16 threads, 2 ranks, 4 workers -> 4.
+    assert threads_per_process(16, 2, workers=4) == 4 and threads_per_process(4, 2, workers=3) == 1
+    assert loader_workers(["train", "--workers", "3"]) == 3
+    assert loader_workers(["train", "--workers=2"]) == 2 and loader_workers(["train"]) == 0
 
 
 def test_launch_sets_threads_per_rank_and_names_the_job(tmp_path):

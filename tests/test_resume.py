@@ -311,3 +311,44 @@ def test_dead_rank_without_launcher_fails_the_survivor(data_root, tmp_path):
                 p.kill()
             p.wait()
             p.stderr.close()
+
+
+def test_sigterm_saves_the_iteration_and_the_retry_resumes_from_it(
+    data_root, step0_reference, step1_reference, tmp_path
+):
+    """SIGTERM (what SLURM sends before a time limit or a preemption) mid-epoch: the job saves
+    its state at the next iteration and exits 143; the same command resumes from that
+    iteration (not from the last epoch) and ends with the uninterrupted run's weights."""
+    out = tmp_path / "run"
+    cmd = _train_cmd(data_root, out, 1, "--workers", "2", "--teacher", str(step0_reference))
+    cmd += ["--log-every", "1"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    seen = []
+    try:
+        for line in proc.stderr:  # the job's own progress: its first logged iteration
+            seen.append(line)
+            if re.search(r" it \d+/20 ", line):
+                break
+        proc.send_signal(signal.SIGTERM)
+        seen += proc.stderr.readlines()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    text = "".join(seen)
+    assert code == 143, text[-3000:]
+    m = re.search(r"stopping step 1 on SIGTERM: saved (\S+) \(iteration (\d+)\)", text)
+    assert m, text[-3000:]
+    saved, iteration = Path(m[1]), int(m[2])
+    assert checkpoints(out / "state")[-1] == saved and not (out / "model.pt").exists()
+    assert 0 < iteration < 20
+    state = safe_load(saved)
+    assert state["global_iter"] == iteration
+    assert (state["epoch"], state["batch"]) == divmod(iteration, 5)  # 5 iterations per epoch
+    proc = _run(cmd)
+    assert f"resuming step 1 from {saved}" in proc.stderr
+    assert f"(iteration {iteration} of 20)" in proc.stderr
+    _assert_same_weights(out / "model.pt", step1_reference)

@@ -3,9 +3,11 @@ with the resume behaviours (nothing to do, one step deleted, one hyper-parameter
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -14,9 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+import lgkd_core
 from lgkd_core import experiments as X
+from lgkd_core.engine.checkpoint import load_model_file
 
 from helpers import counts, planned_jobs, snakemake
 
@@ -45,7 +50,11 @@ def test_dry_run_voc_15_1_plans_the_chain(tmp_path):
     # The training command: paper hyper-parameters, global batch, torchrun over 2 GPUs.
     proc = snakemake(["-n", "-p", "results/voc_15-1/step1/model.pt"], tmp_path)
     cmd = next(line for line in proc.stdout.splitlines() if "--step 1" in line)
-    assert "launch --nproc-per-node=2 --nnodes=1 -- train" in cmd
+    # The job's threads (cpus: 16, capped by Snakemake at --cores) go to the launcher, which
+    # divides them between the ranks (tests/test_launch_import.py).
+    launch = r"launch --log logs/voc_15-1/step1/train\.log --nproc-per-node=2 --nnodes=1 "
+    launch += r"--threads=\d+"
+    assert re.search(rf"{launch} -- train ", cmd), cmd
     expected = ["--task 15-1", "--method LGKD", "--epochs 30", "--batch-size 24", "--lr 0.001",
                 "--teacher results/voc_15-1/step0/model.pt", "--amp fp16", "--overlap"]  # fmt: skip
     for part in expected:
@@ -188,6 +197,22 @@ def test_one_command_compares_methods_trained_from_one_step0(tiny_run):
     # Each step 1 trained with its own loss terms, the regulariser with its penalty, no resume.
     log = (workdir / "logs" / exps["EWC"] / "step1" / "train.log").read_text()
     assert "reg=" in log and "resuming" not in log, log[-1500:]
+    # Threads through the rule: step 0 runs alone on 2 cores (cpus_step0: 2), the incremental
+    # steps on 1 each (cpus: 1); one process, no loader workers. The log is attempt 1's.
+    log0 = workdir / "logs" / shared.name / "step0" / "train.log"
+    assert os.readlink(log0) == "train.1.log"
+    assert "OMP_NUM_THREADS=2" in log0.read_text() and "OMP_NUM_THREADS=1" in log
+    assert "world size 1 on " in log and ", 1 threads per rank, global batch 16 " in log
+    # Provenance in the model and the scores: code, versions, job shape, configuration.
+    model = load_model_file(results / exps["EWC"] / "step1" / "model.pt")
+    prov = model["provenance"]
+    assert prov["lgkd_core"] == lgkd_core.__version__ and prov["torch"] == torch.__version__
+    assert (prov["world_size"], prov["threads_per_rank"], prov["global_batch"]) == (1, 1, 16)
+    assert prov["config"]["method"] == "EWC" and prov["wall_time_s"] > 0
+    assert prov["hosts"] == [socket.gethostname()]
+    metrics = json.loads((results / exps["EWC"] / "step1" / "metrics.json").read_text())
+    assert metrics["provenance"]["train"] == prov
+    assert metrics["provenance"]["evaluate"]["torch"] == torch.__version__
     assert not list((results / "tiny" / "step1" / "state").glob("*.pt"))
     table = pd.read_csv(results / "tiny" / "table.csv")
     assert list(table["step"]) == [0, 1]
@@ -272,7 +297,12 @@ def test_killed_workflow_resumes_the_step_from_its_checkpoint(tmp_path):
     assert snakemake(["--unlock", "--configfile", str(cfg)], tmp_path).returncode == 0
     done = snakemake(["--cores", "2", "--configfile", str(cfg)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    log = (tmp_path / "logs" / "tiny" / "step1" / "train.log").read_text()
+    logs = tmp_path / "logs" / "tiny" / "step1"
+    log = (logs / "train.log").read_text()
     assert "resuming step 1 from" in log, log[-2000:]
+    # The killed attempt's log is kept beside the one that finished.
+    assert os.readlink(logs / "train.log") == "train.2.log"
+    first = (logs / "train.1.log").read_text()
+    assert "step 1: world size 1" in first and "step 1 done" not in first and "step 1 done" in log
     assert step0.stat().st_mtime_ns == before, "finished steps are not re-run"
     assert (tmp_path / "results" / "tiny" / "table.csv").exists()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
 
+from lgkd_core import provenance
 from lgkd_core.engine import distributed as D
 from lgkd_core.engine.inputs import eval_loader, to_device
 from lgkd_core.engine.teacher import build_from_file
@@ -52,7 +54,9 @@ def evaluate(
     files that do not record them (reference checkpoints).
     """
     ctx = D.setup_distributed(device)
+    started = time.monotonic()
     try:
+        hosts = provenance.hosts()  # a collective: every rank
         task = get_task(dataset, task_name)
         arch = {
             "backbone": "resnet101",
@@ -87,6 +91,15 @@ def evaluate(
             "model": str(model_path),
             "method": payload.get("method"),
             "init": payload.get("init"),  # how the chain's step 0 started
+            "provenance": {
+                "train": payload.get("provenance"),
+                "evaluate": provenance.collect(
+                    hosts=hosts,
+                    world_size=ctx.world_size,
+                    threads_per_rank=torch.get_num_threads(),
+                    wall_time_s=round(time.monotonic() - started, 3),
+                ),
+            },
             "num_images": int(n_images.item()),
             "crop_size": crop_size,
             "classes": task.channel_names(step),

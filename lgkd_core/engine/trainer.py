@@ -6,6 +6,9 @@ import dataclasses
 import logging
 import os
 import random
+import signal
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lgkd_core import provenance
 from lgkd_core.engine import distributed as D
 from lgkd_core.engine.checkpoint import (
     StateStore,
@@ -45,6 +49,44 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 class NonFiniteLossError(RuntimeError):
     """Training produced non-finite losses for too many consecutive iterations."""
+
+
+# Exit status of a step stopped by SIGTERM/SIGUSR1 after saving its state (128 + SIGTERM, what a
+# shell reports for a job terminated by it): Snakemake counts the attempt as failed and its retry
+# resumes from the saved iteration.
+EXIT_STOPPED = 143
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequested:
+    """Set by SIGTERM or SIGUSR1 (SLURM's warning before a time limit or a preemption); the
+    training loop polls it after each iteration. Installed in the main thread only."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequested:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signal = signum
+
+    def requested(self, ctx: D.DistContext) -> bool:
+        """Whether any rank was signalled (all ranks agree, so they stop at the same iteration)."""
+        flag = self.signal is not None
+        if ctx.distributed:
+            t = torch.tensor([float(flag)], device=ctx.device)
+            torch.distributed.all_reduce(t)
+            flag = bool(t.item())
+        return flag
 
 
 @dataclass
@@ -479,7 +521,25 @@ class StepTrainer:
         return not (self.scaler.is_enabled() and self.scaler.get_scale() < scale_before)
 
     def run(self) -> Path:
+        with StopRequested() as stop:
+            return self._run(stop)
+
+    def _run(self, stop: StopRequested) -> Path:
         cfg = self.cfg
+        self.started = time.monotonic()
+        self.hosts = provenance.hosts()  # a collective: every rank
+        if self.ctx.is_main:
+            log.info(
+                "step %d: world size %d on %s, %d threads per rank, global batch %d (%d per "
+                "rank), %d loader workers per rank",
+                cfg.step,
+                self.ctx.world_size,
+                ", ".join(sorted(set(self.hosts))),
+                torch.get_num_threads(),
+                cfg.batch_size,
+                self.batch_per_rank,
+                cfg.workers,
+            )
         set_determinism(cfg.deterministic, self.device)
         seed_everything(cfg.seed)
         self._build()
@@ -527,6 +587,8 @@ class StepTrainer:
                     if batch_idx < self.iters_per_epoch:
                         if self._checkpoint_if_finite(epoch, batch_idx, global_iter, nonfinite):
                             last_ckpt = f"{self.state.path(global_iter)} (iteration {global_iter})"
+                if stop.requested(self.ctx):
+                    self._stop(stop, epoch, batch_idx, global_iter, nonfinite, last_ckpt)
             epoch += 1
             batch0 = 0
             if self._checkpoint_if_finite(epoch, 0, global_iter, nonfinite):
@@ -545,6 +607,34 @@ class StepTrainer:
             self.state.clear()
         D.barrier(self.ctx)
         return self.model_path
+
+    def _stop(
+        self,
+        stop: StopRequested,
+        epoch: int,
+        batch: int,
+        global_iter: int,
+        nonfinite: int,
+        last_ckpt: str,
+    ) -> None:
+        """Save the state at this iteration and exit with EXIT_STOPPED (all ranks)."""
+        if batch >= self.iters_per_epoch:  # the epoch's last batch: resume at the next epoch
+            epoch, batch = epoch + 1, 0
+        saved = self._checkpoint_if_finite(epoch, batch, global_iter, nonfinite)
+        D.barrier(self.ctx)
+        name = signal.Signals(stop.signal).name if stop.signal else "a signal on another rank"
+        where = (
+            f"saved {self.state.path(global_iter)} (iteration {global_iter})"
+            if saved
+            else f"not finite, so nothing saved; last good checkpoint: {last_ckpt}"
+        )
+        log.warning(
+            "stopping step %d on %s: %s; the same command resumes from there",
+            self.cfg.step,
+            name,
+            where,
+        )
+        raise SystemExit(EXIT_STOPPED)
 
     def _write_model(self, stats: dict) -> None:
         cfg, task = self.cfg, self.task
@@ -566,6 +656,15 @@ class StepTrainer:
             "train_stats": {k: float(v) for k, v in stats.items()},
             "init": self.init,  # how the chain's step 0 started (lgkd_core.models.imagenet)
             "init_source": self.init_source,
+            "provenance": provenance.collect(
+                hosts=self.hosts,
+                world_size=self.ctx.world_size,
+                threads_per_rank=torch.get_num_threads(),
+                loader_workers_per_rank=cfg.workers,
+                global_batch=cfg.batch_size,
+                wall_time_s=round(time.monotonic() - self.started, 3),
+                config=config,
+            ),
         }
         if self.estimators:
             params = self._trainable()

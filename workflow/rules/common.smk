@@ -26,6 +26,8 @@ if "conda" not in str(workflow.deployment_settings.deployment_method):
 RUNS = {run: exp for exp in EXPERIMENTS.values() for run in exp.runs()}
 SWEEPS = [name for name, exp in EXPERIMENTS.items() if exp.is_sweep]
 SETTINGS = X.resolve_settings(config)
+# Runs whose step 0 is imported from a released model file (rule import_step0).
+IMPORTED = [run for run, exp in RUNS.items() if exp.get("step0_checkpoint", 0)]
 # Runs whose step 0 is linked from a shared step-0 run (rule share_step0).
 SHARED_STEP0 = {
     exp.run(m): m.shared_step0 for exp in EXPERIMENTS.values() for m in exp.members
@@ -99,10 +101,6 @@ for _name in config.get("default_settings", []):
 
 # -- used by train.smk -------------------------------------------------------
 
-def _step0_source(wc):
-    return setting(wc, "step0_checkpoint") if int(wc.step) == 0 else None
-
-
 def pretrained_file(exp):
     """The ImageNet weights step 0 of ``exp`` reads (``pretrained:``; iabn: rule
     download_pretrained makes it), as train inputs."""
@@ -122,10 +120,6 @@ def train_inputs(wc):
     step = int(wc.step)
     if step >= exp.num_steps():
         raise WorkflowError(f"{wc.run}: no step {step} (the task has {exp.num_steps()} steps)")
-    source = _step0_source(wc)
-    if source:
-        # A local released model is an input, so a project model.pt is built first.
-        return {} if X.is_url(source) else {"step0": source}
     inputs = {"data": data_marker(exp.dataset), "splits": f"results/{wc.run}/splits"}
     inputs.update(pretrained_file(exp) if step == 0 else {})
     if step > 0:
@@ -133,30 +127,42 @@ def train_inputs(wc):
     return inputs
 
 
-def train_command(wc):
+def train_args(wc):
     """Everything that defines the step's result: a change re-runs the step (params trigger)."""
     exp, member = run_of(wc)
     step, run_dir = int(wc.step), Path("results", wc.run)
-    source = _step0_source(wc)
-    if source:
-        return quoted(X.import_args(exp, member, run_dir, source))
-    nproc = setting(wc, "gpus", 0) or setting(wc, "processes", 1)
-    launch = ["launch", f"--nproc-per-node={nproc}", f"--nnodes={setting(wc, 'nodes', 1)}", "--"]
     state = run_dir / f"step{step}" / "state"
-    args = X.train_args(exp, member, step, Path(DATA_ROOT), run_dir, state)
-    return quoted(launch + args + _pretrained_md5(exp, step))
+    command, *args = X.train_args(exp, member, step, Path(DATA_ROOT), run_dir, state)
+    assert command == "train"  # the rule's shell names the command
+    return quoted(args + _pretrained_md5(exp, step))
+
+
+def processes_per_node(wc):
+    """Training processes per node: one per GPU, or ``processes`` on CPU."""
+    return setting(wc, "gpus", 0) or setting(wc, "processes", 1)
 
 
 def _gpus(wc):
-    return 0 if _step0_source(wc) else setting(wc, "gpus", 0)
+    return setting(wc, "gpus", 0)
 
 
 def _cpus(wc):
-    return 1 if _step0_source(wc) else setting(wc, "cpus", 1)
+    return setting(wc, "cpus", 1)
 
 
 def _nodes(wc):
-    return 1 if _step0_source(wc) else setting(wc, "nodes", 1)
+    return setting(wc, "nodes", 1)
+
+
+def import_inputs(wc):
+    """A local released model is an input, so a project model.pt is built first."""
+    source = setting(wc, "step0_checkpoint")
+    return {} if X.is_url(source) else {"step0": source}
+
+
+def import_args(wc):
+    exp, member = run_of(wc)
+    return quoted(X.import_args(exp, member, Path("results", wc.run), setting(wc, "step0_checkpoint")))
 
 
 # -- used by report.smk ------------------------------------------------------

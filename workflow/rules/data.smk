@@ -58,11 +58,16 @@ rule download:
         "python -m lgkd_core download {params.args} --data-root {params.data_root:q} > {log:q} 2>&1"
 
 
-# The In-Place ABN ImageNet ResNet-101 that step 0 starts from (pretrained: iabn). Runs where
-# Snakemake runs (localrules): cluster nodes often have no internet. A retry resumes the .part.
+# Downloads run where Snakemake runs (cluster nodes often have no internet; a retry resumes the
+# .part), and so do the cheap data steps (the synthetic set, the split lists): localrules.
 localrules:
+    synthesize,
+    download,
     download_pretrained,
+    prepare_splits,
 
+
+# The In-Place ABN ImageNet ResNet-101 that step 0 starts from (pretrained: iabn).
 
 rule download_pretrained:
     output:

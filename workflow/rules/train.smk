@@ -9,7 +9,9 @@ rule train:
     output:
         model="results/{run}/step{step}/model.pt",
     params:
-        command=train_command,
+        args=train_args,
+        nproc=processes_per_node,
+        nnodes=_nodes,
     log:
         "logs/{run}/step{step}/train.log",
     threads: _cpus
@@ -26,7 +28,30 @@ rule train:
     conda:
         ENV
     shell:
-        "python -m lgkd_core {params.command} > {log:q} 2>&1"
+        # launch starts one process per GPU (torchrun) and gives each threads / processes,
+        # less its DataLoader workers, as OMP_NUM_THREADS; it writes train.N.log for attempt N
+        # and links train.log to it (Snakemake deletes the declared log before a retry).
+        "python -m lgkd_core launch --log {log:q} --nproc-per-node={params.nproc} "
+        "--nnodes={params.nnodes} --threads={threads} -- train {params.args}"
+
+
+# step0_checkpoint: a released step-0 model (a URL or a file) checked against the task and the
+# architecture and written as this run's step-0 model.pt; no training.
+rule import_step0:
+    input:
+        unpack(import_inputs),
+    output:
+        "results/{run}/step0/model.pt",
+    wildcard_constraints:
+        run=_alternatives(IMPORTED),
+    params:
+        args=import_args,
+    log:
+        "logs/{run}/step0/import.log",
+    conda:
+        ENV
+    shell:
+        "python -m lgkd_core import-step0 {params.args} > {log:q} 2>&1"
 
 
 # Step 0 is plain cross-entropy for every method: a run whose step-0 recipe another run shares
@@ -52,4 +77,5 @@ rule share_step0:
 
 
 ruleorder: share_step0 > train
+ruleorder: import_step0 > train
 ruleorder: share_step0 > evaluate
