@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -47,26 +48,6 @@ def _run_synthesize(args) -> int:
 
     synthesize(args.out, args.seed, args.train, args.val, args.size, workers=args.workers)
     return 0
-
-
-# -- download --------------------------------------------------------------------------------
-def _add_download(sub) -> None:
-    from lgkd_core.data import download
-
-    p = sub.add_parser("download", help="download and extract VOC (+SBD masks) or ADE20k")
-    download.add_arguments(p)
-    p.set_defaults(func=download.run)
-
-
-def _add_download_pretrained(sub) -> None:
-    from lgkd_core.data import pretrained
-
-    p = sub.add_parser(
-        "download-pretrained",
-        help="download the In-Place ABN ImageNet ResNet-101 (resumable, MD5-checked)",
-    )
-    pretrained.add_arguments(p)
-    p.set_defaults(func=pretrained.run)
 
 
 # -- prepare ---------------------------------------------------------------------------------
@@ -242,60 +223,43 @@ def _run_evaluate(args) -> int:
     return 0
 
 
-# -- import-step0 / launch ------------------------------------------------------------------
-def _add_import_step0(sub) -> None:
-    from lgkd_core.engine import released
-
-    p = sub.add_parser("import-step0", help="use a released step-0 model as an experiment's step 0")
-    released.add_arguments(p)
-    p.set_defaults(func=released.run)
-
-
-def _add_launch(sub) -> None:
-    from lgkd_core import launch
-
-    p = sub.add_parser("launch", help="run a command on every GPU/CPU process (torchrun, srun)")
-    launch.add_arguments(p)
-    p.set_defaults(func=launch.run)
-
-
-# -- report ----------------------------------------------------------------------------------
-def _add_report(sub) -> None:
-    from lgkd_core import report
-
-    p = sub.add_parser("report", help="tables and plots from metrics.json files")
-    report.add_arguments(p)
-    p.set_defaults(func=report.run)
+# Commands whose module holds ``add_arguments(parser)`` and ``run(args)``: name -> (module, help).
+MODULE_COMMANDS = {
+    "download": ("lgkd_core.data.download", "download and extract VOC (+SBD masks) or ADE20k"),
+    "download-pretrained": (
+        "lgkd_core.data.pretrained",
+        "download the In-Place ABN ImageNet ResNet-101 (resumable, MD5-checked)",
+    ),
+    "import-step0": (
+        "lgkd_core.engine.released",
+        "use a released step-0 model as an experiment's step 0",
+    ),
+    "launch": ("lgkd_core.launch", "run a command on every GPU/CPU process (torchrun, srun)"),
+    "report": ("lgkd_core.report", "tables and plots from metrics.json files"),
+    "compare": ("lgkd_core.compare", "every method of a setting beside the published numbers"),
+    "methods": ("lgkd_core.methods", "the method presets and their loss weights, as CSV"),
+}
 
 
-def _add_compare(sub) -> None:
-    from lgkd_core import compare
+def _module_command(name: str):
+    """The parser adder of a MODULE_COMMANDS entry; the module is imported only when used."""
 
-    p = sub.add_parser("compare", help="every method of a setting beside the published numbers")
-    compare.add_arguments(p)
-    p.set_defaults(func=compare.run)
+    def add(sub) -> None:
+        module_name, help_text = MODULE_COMMANDS[name]
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
 
-
-def _add_methods(sub) -> None:
-    from lgkd_core import methods
-
-    p = sub.add_parser("methods", help="the method presets and their loss weights, as CSV")
-    methods.add_arguments(p)
-    p.set_defaults(func=methods.run)
+    return add
 
 
 COMMANDS = {
     "synthesize": _add_synthesize,
-    "download": _add_download,
-    "download-pretrained": _add_download_pretrained,
     "prepare": _add_prepare,
     "train": _add_train,
     "evaluate": _add_evaluate,
-    "import-step0": _add_import_step0,
-    "launch": _add_launch,
-    "report": _add_report,
-    "compare": _add_compare,
-    "methods": _add_methods,
+    **{name: _module_command(name) for name in MODULE_COMMANDS},
 }
 
 

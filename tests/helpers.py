@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,3 +121,51 @@ def kill_after_checkpoints(
     kill_when(
         cmd, lambda: len([p for p in checkpoints(state) if p.name not in ignore]) >= count, env=env
     )
+
+
+# -- tiny training runs -------------------------------------------------------------------------
+# The TrainConfig fields of every in-process test run: a quarter-width ResNet-18 on 64-pixel
+# crops, on the CPU, in the main process; modules add their epochs, batch, lr and seed.
+TINY_TRAIN = {
+    "backbone": "resnet18_w0.25",
+    "head_channels": 32,
+    "crop_size": 64,
+    "output_stride": 8,
+    "workers": 0,
+    "device": "cpu",
+    "log_every": 1000,
+}
+
+
+# -- a loopback HTTP server ---------------------------------------------------------------------
+class LoopbackServer:
+    """``http.server`` on 127.0.0.1 (a free port) in a thread; subclasses answer in
+    :meth:`respond`. Every request's path and Range header are recorded in ``requests``."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str | None]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.requests.append((self.path, self.headers.get("Range")))
+                outer.respond(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def respond(self, handler) -> None:  # handler: a BaseHTTPRequestHandler
+        handler.send_error(404)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

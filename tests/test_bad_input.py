@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from lgkd_core.data.synthetic import synthesize
 from lgkd_core.engine.checkpoint import atomic_torch_save, load_model_file
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -26,10 +25,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def clean_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clean")
-    synthesize(root / "synthetic", seed=2, n_train=40, n_val=8, size=64, workers=1)
-    return root
+def clean_root(synthetic_data) -> Path:
+    return synthetic_data(seed=2, n_train=40, n_val=8)  # copied by `work` before any change
 
 
 @pytest.fixture

@@ -16,32 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from lgkd_core.data.synthetic import synthesize
 from lgkd_core.engine.checkpoint import load_model_file, safe_load
 from lgkd_core.engine.trainer import TrainConfig, train
 
-from helpers import ENV, assert_same_tensors, checkpoints, kill_after_checkpoints
+from helpers import ENV, TINY_TRAIN, assert_same_tensors, checkpoints, kill_after_checkpoints
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "backbone": "resnet18_w0.25",
-    "head_channels": 32,
-    "crop_size": 64,
-    "output_stride": 8,
-    "workers": 0,
-    "device": "cpu",
-    "log_every": 1000,
-    "batch_size": 4,
-    "seed": 7,
-}
+TINY = {**TINY_TRAIN, "batch_size": 4, "seed": 7}
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    synthesize(root / "synthetic", seed=1, n_train=24, n_val=4, size=64, workers=1)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(seed=1, n_train=24, n_val=4)
 
 
 def _cfg(data_root: Path, out: Path, step: int, method: str, **kw) -> TrainConfig:

@@ -10,9 +10,7 @@ import json
 import os
 import re
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,62 +18,47 @@ import pytest
 from lgkd_core.data import download as dl
 from lgkd_core.data.sources import open_source
 
+from helpers import LoopbackServer
+
 
 # -- loopback server --------------------------------------------------------------------------
-class _Server:
-    """http.server on 127.0.0.1 serving ``files``; records every request's path and Range."""
+class _Server(LoopbackServer):
+    """Serves ``files`` by path, with Range; records every request's path and Range."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
-        self.requests: list[tuple[str, str | None]] = []
         self.ignore_range = False
         self.cut_first_after: int | None = None  # first response stops after this many bytes
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                rng = self.headers.get("Range")
-                outer.requests.append((self.path, rng))
-                data = outer.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-                if m and not outer.ignore_range:
-                    start = int(m.group(1))
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if outer.cut_first_after is not None:
-                    body = body[: outer.cut_first_after]
-                    outer.cut_first_after = None
-                    self.close_connection = True
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, h) -> None:
+        rng = h.headers.get("Range")
+        data = self.files.get(h.path)
+        if data is None:
+            h.send_error(404)
+            return
+        start = 0
+        m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        if m and not self.ignore_range:
+            start = int(m.group(1))
+            if start >= len(data):
+                h.send_response(416)
+                h.send_header("Content-Range", f"bytes */{len(data)}")
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            h.send_response(200)
+        body = data[start:]
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if self.cut_first_after is not None:
+            body = body[: self.cut_first_after]
+            self.cut_first_after = None
+            h.close_connection = True
+        h.wfile.write(body)
 
 
 @pytest.fixture

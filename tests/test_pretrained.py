@@ -11,9 +11,7 @@ import json
 import logging
 import re
 import socket
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,6 @@ from lgkd_core import experiments as X
 from lgkd_core.cli import main as cli_main
 from lgkd_core.data import download as dl
 from lgkd_core.data import pretrained as P
-from lgkd_core.data.synthetic import synthesize
 from lgkd_core.engine.checkpoint import load_model_file
 from lgkd_core.engine.evaluate import evaluate
 from lgkd_core.engine.released import import_step0
@@ -33,22 +30,12 @@ from lgkd_core.models import build_backbone, build_model
 from lgkd_core.models.imagenet import init_backbone, torchvision_key
 from lgkd_core.report import step_table
 
-from helpers import planned_jobs, snakemake
+from helpers import TINY_TRAIN, LoopbackServer, planned_jobs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "resnet18_w0.25"
 FILE_ID = "standin-file-id"
-TINY = {
-    "backbone": SMALL,
-    "head_channels": 32,
-    "crop_size": 64,
-    "output_stride": 8,
-    "workers": 0,
-    "device": "cpu",
-    "log_every": 1000,
-    "epochs": 1,
-    "batch_size": 8,
-}
+TINY = {**TINY_TRAIN, "backbone": SMALL, "epochs": 1, "batch_size": 8}
 
 
 # -- a stand-in for resnet101_iabn_sync.pth.tar ----------------------------------------------
@@ -79,7 +66,7 @@ def _corrupt(data: bytes) -> bytes:
 
 
 # -- a loopback server that answers like Google Drive ----------------------------------------
-class _Drive:
+class _Drive(LoopbackServer):
     """``/uc?export=download&id=ID`` answers Drive's virus-scan warning page, whose form leads
     to ``/download?id=ID&export=download&confirm=t&uuid=...``, which serves ``data`` (with Range).
 
@@ -90,79 +77,61 @@ class _Drive:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.drop_first = False
-        self.requests: list[tuple[str, str | None]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                rng = self.headers.get("Range")
-                outer.requests.append((self.path, rng))
-                url = urllib.parse.urlsplit(self.path)
-                query = urllib.parse.parse_qs(url.query)
-                if query.get("id") != [FILE_ID]:
-                    self.send_error(404)
-                elif url.path == "/download" and query.get("confirm") == ["t"]:
-                    self._file(rng)
-                elif url.path in ("/uc", "/download"):
-                    self._page()
-                else:
-                    self.send_error(404)
-
-            def _page(self) -> None:
-                action = html.escape(outer.url("/download"))
-                hidden = "".join(
-                    f'<input type="hidden" name="{k}" value="{v}">'
-                    for k, v in (("id", FILE_ID), ("export", "download"), ("confirm", "t"),
-                                 ("uuid", "0b7e-test"))
-                )  # fmt: skip
-                body = (
-                    "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>"
-                    "</head><body>\n<p>Google Drive can't scan this file for viruses.</p>\n"
-                    f'<form id="download-form" action="{action}" method="get">{hidden}'
-                    '<input type="submit" value="Download anyway"></form>\n</body></html>\n'
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _file(self, rng: str | None) -> None:
-                data = outer.data
-                m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
-                start, end = (int(m[1]), int(m[2] or len(data) - 1)) if m else (0, len(data) - 1)
-                end = min(end, len(data) - 1)
-                self.send_response(206 if m else 200)
-                if m:
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Disposition", f'attachment; filename="{P.IABN_FILE}"')
-                body = data[start : end + 1]
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if outer.drop_first and start == 0 and len(body) == len(data):
-                    outer.drop_first = False
-                    body = body[: len(body) // 2]
-                    self.close_connection = True
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+        super().__init__()
 
     @property
     def link(self) -> str:
         return self.url(f"/uc?export=download&id={FILE_ID}")
 
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, h) -> None:
+        url = urllib.parse.urlsplit(h.path)
+        query = urllib.parse.parse_qs(url.query)
+        if query.get("id") != [FILE_ID]:
+            h.send_error(404)
+        elif url.path == "/download" and query.get("confirm") == ["t"]:
+            self._file(h, h.headers.get("Range"))
+        elif url.path in ("/uc", "/download"):
+            self._page(h)
+        else:
+            h.send_error(404)
+
+    def _page(self, h) -> None:
+        action = html.escape(self.url("/download"))
+        hidden = "".join(
+            f'<input type="hidden" name="{k}" value="{v}">'
+            for k, v in (("id", FILE_ID), ("export", "download"), ("confirm", "t"),
+                         ("uuid", "0b7e-test"))
+        )  # fmt: skip
+        body = (
+            "<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>"
+            "</head><body>\n<p>Google Drive can't scan this file for viruses.</p>\n"
+            f'<form id="download-form" action="{action}" method="get">{hidden}'
+            '<input type="submit" value="Download anyway"></form>\n</body></html>\n'
+        ).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html; charset=utf-8")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def _file(self, h, rng: str | None) -> None:
+        data = self.data
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
+        start, end = (int(m[1]), int(m[2] or len(data) - 1)) if m else (0, len(data) - 1)
+        end = min(end, len(data) - 1)
+        h.send_response(206 if m else 200)
+        if m:
+            h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Disposition", f'attachment; filename="{P.IABN_FILE}"')
+        body = data[start : end + 1]
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if self.drop_first and start == 0 and len(body) == len(data):
+            self.drop_first = False
+            body = body[: len(body) // 2]
+            h.close_connection = True
+        h.wfile.write(body)
 
 
 @pytest.fixture
@@ -264,10 +233,8 @@ def test_offline_error_names_url_target_and_the_manual_step(tmp_path, caplog):
 
 # -- training: the check where step 0 loads, the warning, the init record ---------------------
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    synthesize(root / "synthetic", seed=0, n_train=40, n_val=16, size=64, workers=1)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(seed=0, n_train=40, n_val=16)
 
 
 def _cfg(data_root: Path, out: Path, step: int, **kw) -> TrainConfig:

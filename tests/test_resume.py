@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from lgkd_core.data.synthetic import synthesize
 from lgkd_core.engine.checkpoint import load_model_file, safe_load
 from lgkd_core.engine.trainer import NonFiniteLossError, TrainConfig, train
 
@@ -36,10 +35,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    synthesize(root / "synthetic", seed=1, n_train=48, n_val=8, size=64, workers=1)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(seed=1, n_train=48, n_val=8)
 
 
 def _train_cmd(data_root: Path, out: Path, step: int, *extra: str) -> list[str]:

@@ -14,33 +14,22 @@ import torch
 import torch.multiprocessing as mp
 
 from lgkd_core.data.sources import open_source
-from lgkd_core.data.synthetic import synthesize
 from lgkd_core.engine.checkpoint import load_model_file
 from lgkd_core.engine.evaluate import evaluate
 from lgkd_core.engine.inputs import step_ids
 from lgkd_core.engine.trainer import StepTrainer, TrainConfig, train
 from lgkd_core.tasks import get_task
 
-from helpers import free_port, sha256
+from helpers import TINY_TRAIN, free_port, sha256
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "backbone": "resnet18_w0.25",
-    "head_channels": 32,
-    "crop_size": 64,
-    "output_stride": 8,
-    "workers": 0,
-    "device": "cpu",
-    "log_every": 1000,
-}
+TINY = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    synthesize(root / "synthetic", seed=0, n_train=200, n_val=60, size=64, workers=1)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(seed=0, n_train=200, n_val=60)
 
 
 def _cfg(data_root: Path, out: Path, step: int, **kw) -> TrainConfig:

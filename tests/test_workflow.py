@@ -88,9 +88,16 @@ def test_dry_run_default_target_compares_every_method_from_one_step0(tmp_path):
 
 
 def test_lint_is_clean():
+    """What `make lint` checks: Snakemake's linter, snakefmt, ruff's lints and formatting."""
     proc = snakemake(["--lint"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr
+    bin_dir = Path(sys.executable).parent
+    for cmd in (["snakefmt", "--check", "Snakefile", "workflow/"], ["ruff", "check", "."],
+                ["ruff", "format", "--check", "."]):  # fmt: skip
+        proc = subprocess.run([str(bin_dir / cmd[0]), *cmd[1:]], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, (cmd, proc.stdout[-3000:], proc.stderr[-3000:])
 
 
 # -- configuration errors --------------------------------------------------------------------

@@ -101,6 +101,7 @@ for _name in config.get("default_settings", []):
 
 # -- used by train.smk -------------------------------------------------------
 
+
 def pretrained_file(exp):
     """The ImageNet weights step 0 of ``exp`` reads (``pretrained:``; iabn: rule
     download_pretrained makes it), as train inputs."""
@@ -162,10 +163,13 @@ def import_inputs(wc):
 
 def import_args(wc):
     exp, member = run_of(wc)
-    return quoted(X.import_args(exp, member, Path("results", wc.run), setting(wc, "step0_checkpoint")))
+    return quoted(
+        X.import_args(exp, member, Path("results", wc.run), setting(wc, "step0_checkpoint"))
+    )
 
 
 # -- used by report.smk ------------------------------------------------------
+
 
 def _models(wc):
     exp, _ = run_of(wc)
@@ -188,6 +192,7 @@ def _shared_step0(wc):
 
 
 # -- used by compare (report.smk) --------------------------------------------
+
 
 def _compare_inputs(wc):
     setting = SETTINGS[wc.setting]

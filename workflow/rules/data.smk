@@ -6,6 +6,11 @@ _ROOT_TO_DATASET = {spec.root: name for name, spec in SOURCES.items()}
 rule synthesize:
     output:
         f"{DATA_ROOT}/synthetic/manifest.json",
+    log:
+        "logs/data/synthesize.log",
+    conda:
+        ENV
+    threads: 2
     params:
         args=lambda wc: quoted(
             [
@@ -20,11 +25,6 @@ rule synthesize:
             ]
         ),
         out=lambda wc, output: os.path.dirname(output[0]),
-    log:
-        "logs/data/synthesize.log",
-    threads: 2
-    conda:
-        ENV
     shell:
         "python -m lgkd_core synthesize --out {params.out:q} {params.args} "
         "--workers {threads} > {log:q} 2>&1"
@@ -33,8 +33,15 @@ rule synthesize:
 rule download:
     output:
         f"{DATA_ROOT}/{{root}}/.done",
+    log:
+        "logs/data/download_{root}.log",
     wildcard_constraints:
         root="|".join(_ROOT_TO_DATASET),
+    retries: 2
+    conda:
+        ENV
+    resources:
+        runtime=240,
     params:
         args=lambda wc: quoted(
             ["--dataset", _ROOT_TO_DATASET[wc.root]]
@@ -47,13 +54,6 @@ rule download:
             ]
         ),
         data_root=lambda wc, output: Path(output[0]).parent.parent,
-    log:
-        "logs/data/download_{root}.log",
-    retries: 2
-    resources:
-        runtime=240,
-    conda:
-        ENV
     shell:
         "python -m lgkd_core download {params.args} --data-root {params.data_root:q} > {log:q} 2>&1"
 
@@ -69,9 +69,17 @@ localrules:
 
 # The In-Place ABN ImageNet ResNet-101 that step 0 starts from (pretrained: iabn).
 
+
 rule download_pretrained:
     output:
         f"{DATA_ROOT}/pretrained/{P.IABN_FILE}",
+    log:
+        "logs/data/download_pretrained.log",
+    retries: 2
+    conda:
+        ENV
+    resources:
+        runtime=60,
     params:
         args=lambda wc: quoted(
             a
@@ -80,13 +88,6 @@ rule download_pretrained:
             for a in (flag, config["downloads"]["pretrained"][key])
         ),
         data_root=lambda wc, output: Path(output[0]).parent.parent,
-    log:
-        "logs/data/download_pretrained.log",
-    retries: 2
-    resources:
-        runtime=60,
-    conda:
-        ENV
     shell:
         "python -m lgkd_core download-pretrained --data-root {params.data_root:q} {params.args} "
         "> {log:q} 2>&1"
@@ -97,6 +98,11 @@ rule prepare_splits:
         data=lambda wc: data_marker(run_of(wc)[0].dataset),
     output:
         directory("results/{run}/splits"),
+    log:
+        "logs/{run}/prepare_splits.log",
+    conda:
+        ENV
+    threads: 2
     params:
         args=lambda wc: quoted(
             [
@@ -108,11 +114,6 @@ rule prepare_splits:
             ]
         ),
         data_root=lambda wc, input: Path(input.data).parent.parent,
-    log:
-        "logs/{run}/prepare_splits.log",
-    threads: 2
-    conda:
-        ENV
     shell:
         "python -m lgkd_core prepare {params.args} --data-root {params.data_root:q} "
         "--out-dir {output:q} --workers {threads} > {log:q} 2>&1"

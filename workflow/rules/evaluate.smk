@@ -8,13 +8,10 @@ rule evaluate:
         data=lambda wc: data_marker(run_of(wc)[0].dataset),
     output:
         metrics="results/{run}/step{step}/metrics.json",
-    params:
-        command=lambda wc: quoted(
-            ["launch", "--"]
-            + X.evaluate_args(*run_of(wc), int(wc.step), Path(DATA_ROOT), Path("results", wc.run))
-        ),
     log:
         "logs/{run}/step{step}/evaluate.log",
+    conda:
+        ENV
     threads: lambda wc: min(setting(wc, "cpus", 1), 4)
     resources:
         gpu=lambda wc: min(setting(wc, "gpus", 0), 1),
@@ -22,7 +19,10 @@ rule evaluate:
         tasks_per_gpu=0,
         mem_mb=lambda wc: setting(wc, "mem_mb", 4000),
         runtime=lambda wc, attempt: 60 * attempt,
-    conda:
-        ENV
+    params:
+        command=lambda wc: quoted(
+            ["launch", "--"]
+            + X.evaluate_args(*run_of(wc), int(wc.step), Path(DATA_ROOT), Path("results", wc.run))
+        ),
     shell:
         "python -m lgkd_core {params.command} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Tables and plots per run, the mean/std table of sweeps, the summary over experiments, and the
 # comparison of every method of a setting with the published numbers. All cheap: run locally.
 
+
 localrules:
     table,
     sweep_table,
@@ -20,15 +21,15 @@ rule table:
             caption="../report/table.rst",
         ),
         plot=report("results/{run}/miou.png", category="{run}", caption="../report/miou.rst"),
+    log:
+        "logs/{run}/table.log",
+    conda:
+        ENV
     params:
         # Snakemake does not rebuild a deleted intermediate file while the files after it are
         # present; recording which models exist makes a deleted model.pt re-run its step, the
         # steps after it and their evaluations (the params trigger).
         models_present=lambda wc: "".join("1" if os.path.exists(m) else "0" for m in _models(wc)),
-    log:
-        "logs/{run}/table.log",
-    conda:
-        ENV
     shell:
         "python -m lgkd_core report table --metrics {input.metrics:q} --out {output.table:q} "
         "--plot {output.plot:q} --title {wildcards.run:q} > {log:q} 2>&1"
@@ -44,12 +45,12 @@ rule sweep_table:
             caption="../report/sweep.rst",
         ),
         plot=report("results/{sweep}/miou.png", category="{sweep}", caption="../report/miou.rst"),
-    params:
-        members=lambda wc, input: quoted(f"{k}={v}" for k, v in input.items()),
     log:
         "logs/{sweep}/sweep_table.log",
     conda:
         ENV
+    params:
+        members=lambda wc, input: quoted(f"{k}={v}" for k, v in input.items()),
     shell:
         "python -m lgkd_core report sweep --member {params.members} --out {output.table:q} "
         "--plot {output.plot:q} --title {wildcards.sweep:q} > {log:q} 2>&1"
@@ -60,12 +61,12 @@ rule summary:
         unpack(lambda wc: {n: table_of(n) for n in config.get("default_experiments", [])}),
     output:
         report("results/summary.csv", category="summary", caption="../report/summary.rst"),
-    params:
-        tables=lambda wc, input: quoted(f"{k}={v}" for k, v in input.items()),
     log:
         "logs/summary.log",
     conda:
         ENV
+    params:
+        tables=lambda wc, input: quoted(f"{k}={v}" for k, v in input.items()),
     shell:
         "python -m lgkd_core report summary --table {params.tables} --out {output:q} "
         "> {log:q} 2>&1"
@@ -85,12 +86,12 @@ rule compare:
             category="{setting}",
             caption="../report/compare.rst",
         ),
-    params:
-        args=compare_args,
     log:
         "logs/{setting}/compare.log",
     conda:
         ENV
+    params:
+        args=compare_args,
     shell:
         "python -m lgkd_core compare {params.args} --out {output.table:q} "
         "--plot {output.plot:q} --title {wildcards.setting:q} > {log:q} 2>&1"

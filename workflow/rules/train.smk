@@ -8,12 +8,10 @@ rule train:
         unpack(train_inputs),
     output:
         model="results/{run}/step{step}/model.pt",
-    params:
-        args=train_args,
-        nproc=processes_per_node,
-        nnodes=_nodes,
     log:
         "logs/{run}/step{step}/train.log",
+    conda:
+        ENV
     threads: _cpus
     resources:
         gpu=_gpus,
@@ -25,8 +23,10 @@ rule train:
         mem_mb=lambda wc: setting(wc, "mem_mb", 4000),
         # A job killed at its time limit resumes from state/ with more time on the next attempt.
         runtime=lambda wc, attempt: setting(wc, "runtime", 60) * attempt,
-    conda:
-        ENV
+    params:
+        args=train_args,
+        nproc=processes_per_node,
+        nnodes=_nodes,
     shell:
         # launch starts one process per GPU (torchrun) and gives each threads / processes,
         # less its DataLoader workers, as OMP_NUM_THREADS; it writes train.N.log for attempt N
@@ -42,14 +42,14 @@ rule import_step0:
         unpack(import_inputs),
     output:
         "results/{run}/step0/model.pt",
-    wildcard_constraints:
-        run=_alternatives(IMPORTED),
-    params:
-        args=import_args,
     log:
         "logs/{run}/step0/import.log",
+    wildcard_constraints:
+        run=_alternatives(IMPORTED),
     conda:
         ENV
+    params:
+        args=import_args,
     shell:
         "python -m lgkd_core import-step0 {params.args} > {log:q} 2>&1"
 
@@ -63,15 +63,15 @@ rule share_step0:
         _shared_step0,
     output:
         "results/{run}/step0/{file}",
+    log:
+        "logs/{run}/step0/share_{file}.log",
     wildcard_constraints:
         run=_alternatives(SHARED_STEP0),
         file=r"model\.pt|metrics\.json",
-    params:
-        target=lambda wc, input, output: os.path.relpath(input[0], os.path.dirname(output[0])),
-    log:
-        "logs/{run}/step0/share_{file}.log",
     conda:
         ENV
+    params:
+        target=lambda wc, input, output: os.path.relpath(input[0], os.path.dirname(output[0])),
     shell:
         "ln -sfn {params.target:q} {output:q} && echo linked {input:q} > {log:q}"
 
