@@ -49,6 +49,23 @@ def loader_workers(argv: list[str]) -> int:
     return 0
 
 
+def job_nodelist(job_id: str | None = None) -> str | None:
+    """The node list of the SLURM job: ``SLURM_JOB_NODELIST``, or, where the executor plugin
+    dropped it from the job step's environment, ``NodeList=`` of ``scontrol show job``."""
+    if os.environ.get("SLURM_JOB_NODELIST"):
+        return os.environ["SLURM_JOB_NODELIST"]
+    job_id = job_id or os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    out = subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    for field in out.split():
+        if field.startswith("NodeList=") and field != "NodeList=(null)":
+            return field.split("=", 1)[1]
+    return None
+
+
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list (``scontrol show hostnames``)."""
     out = subprocess.run(
@@ -74,8 +91,9 @@ def launch_command(
         return [*torchrun, "--standalone", f"--nproc-per-node={nproc_per_node}", *module]
     if not head_host:
         raise ValueError(
-            f"nodes={nnodes} needs a SLURM allocation of {nnodes} nodes (SLURM_JOB_NODELIST is "
-            "not set); run through profiles/slurm or set nodes: 1"
+            f"nodes={nnodes} needs a SLURM allocation of {nnodes} nodes (neither "
+            "SLURM_JOB_NODELIST nor SLURM_JOB_ID is set); run through profiles/slurm or set "
+            "nodes: 1"
         )
     srun = [
         "srun",
@@ -145,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
     attempt = open_attempt_log(args.log) if args.log else None
     job_id = os.environ.get("SLURM_JOB_ID")
     head = None
-    if args.nnodes > 1 and os.environ.get("SLURM_JOB_NODELIST"):
-        head = first_host(os.environ["SLURM_JOB_NODELIST"])
+    if args.nnodes > 1 and (nodelist := job_nodelist(job_id)):
+        head = first_host(nodelist)
     cmd = launch_command(argv, args.nproc_per_node, args.nnodes, head_host=head, job_id=job_id)
     env = dict(os.environ)
     if args.threads:

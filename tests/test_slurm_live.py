@@ -109,6 +109,25 @@ def test_sbatch_wrap_runs_a_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> 
     assert lines == [f"job={job_id}", slurm_cluster.host]
 
 
+def test_launch_finds_the_job_nodes_without_slurm_job_nodelist(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """The executor plugin's job step lacks SLURM_JOB_NODELIST: the launcher asks scontrol."""
+    out = tmp_path / "nodes.out"
+    probe = (
+        f"env -u SLURM_JOB_NODELIST {sys.executable} -c "
+        "'from lgkd_core.launch import job_nodelist, first_host; "
+        "print(first_host(job_nodelist()))'"
+    )
+    proc = subprocess.run(
+        ["sbatch", "--wait", "--parsable", "-p", "debug", "-o", str(out), "--wrap", probe],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stderr, out.read_text() if out.exists() else "")
+    assert out.read_text().split() == [slurm_cluster.host]
+
+
 @pytest.mark.slow
 def test_snakemake_executor_submits_each_rule(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     """Two chained rules go through snakemake-executor-plugin-slurm as two separate jobs."""
