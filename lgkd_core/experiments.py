@@ -339,6 +339,17 @@ def is_url(value: str) -> bool:
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", str(value)))
 
 
+# The per-step image lists, one folder per dataset, task (class order) and overlap mode, shared by
+# every run that needs them (rule prepare_splits).
+SPLITS_DIR = Path("results", "_splits")
+
+
+def splits_dir(exp: Experiment, member: Member) -> Path:
+    """The folder of ``member``'s step{s}-{train,val}.txt lists."""
+    mode = "overlap" if exp.get("overlap") is not False else "disjoint"
+    return SPLITS_DIR / exp.dataset / f"{member.task}-{mode}"
+
+
 def _flag(name: str, value: Any) -> list[str]:
     return [f"--{name}", str(value)]
 
@@ -350,7 +361,7 @@ def train_args(
     g = exp.get
     args = ["train", "--dataset", exp.dataset, "--task", member.task, "--step", str(step)]
     args += ["--method", exp.method, "--data-root", str(data_root)]
-    args += ["--out", str(run_dir / f"step{step}"), "--splits", str(run_dir / "splits")]
+    args += ["--out", str(run_dir / f"step{step}"), "--splits", str(splits_dir(exp, member))]
     args += ["--state-dir", str(state_dir), "--seed", str(member.seed)]
     if step > 0:
         args += ["--teacher", str(run_dir / f"step{step - 1}" / "model.pt")]
@@ -395,7 +406,7 @@ def evaluate_args(
 ) -> list[str]:
     """Arguments of ``python -m lgkd_core evaluate`` for one step."""
     args = ["evaluate", "--dataset", exp.dataset, "--task", member.task, "--step", str(step)]
-    args += ["--data-root", str(data_root), "--splits", str(run_dir / "splits")]
+    args += ["--data-root", str(data_root), "--splits", str(splits_dir(exp, member))]
     args += ["--model", str(run_dir / f"step{step}" / "model.pt")]
     args += ["--out", str(run_dir / f"step{step}" / "metrics.json")]
     args += _flag("crop-size", exp.get("crop_size_val") or exp.get("crop_size") or 0)

@@ -17,6 +17,7 @@ except X.ConfigError as err:
     raise WorkflowError(f"config.yaml: {err}") from None
 
 DATA_ROOT = config["data_root"].rstrip("/")
+DATASETS = ["synthetic", *SOURCES]
 ENV = "../../envs/environment.yml"
 # Rules call `python -m lgkd_core`: the interpreter running Snakemake (which has lgkd_core) comes
 # first on PATH, unless --use-conda gives each job the environment of envs/.
@@ -117,11 +118,11 @@ def _pretrained_md5(exp, step):
 
 
 def train_inputs(wc):
-    exp, _ = run_of(wc)
+    exp, member = run_of(wc)
     step = int(wc.step)
     if step >= exp.num_steps():
         raise WorkflowError(f"{wc.run}: no step {step} (the task has {exp.num_steps()} steps)")
-    inputs = {"data": data_marker(exp.dataset), "splits": f"results/{wc.run}/splits"}
+    inputs = {"data": data_marker(exp.dataset), "splits": str(X.splits_dir(exp, member))}
     inputs.update(pretrained_file(exp) if step == 0 else {})
     if step > 0:
         inputs["teacher"] = f"results/{wc.run}/step{step - 1}/model.pt"

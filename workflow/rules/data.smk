@@ -93,27 +93,24 @@ rule download_pretrained:
         "> {log:q} 2>&1"
 
 
+# One folder of image lists per dataset, task (class order) and overlap mode, for every run.
 rule prepare_splits:
     input:
-        data=lambda wc: data_marker(run_of(wc)[0].dataset),
+        data=lambda wc: data_marker(wc.dataset),
     output:
-        directory("results/{run}/splits"),
+        directory("results/_splits/{dataset}/{task}-{mode}"),
     log:
-        "logs/{run}/prepare_splits.log",
+        "logs/_splits/{dataset}/{task}-{mode}.log",
+    wildcard_constraints:
+        dataset="|".join(DATASETS),
+        task=r"[A-Za-z0-9_.-]+",
+        mode="overlap|disjoint",
     conda:
         ENV
     threads: 2
     params:
-        args=lambda wc: quoted(
-            [
-                "--dataset",
-                run_of(wc)[0].dataset,
-                "--task",
-                run_of(wc)[1].task,
-                "--overlap" if setting(wc, "overlap", True) else "--disjoint",
-            ]
-        ),
         data_root=lambda wc, input: Path(input.data).parent.parent,
     shell:
-        "python -m lgkd_core prepare {params.args} --data-root {params.data_root:q} "
-        "--out-dir {output:q} --workers {threads} > {log:q} 2>&1"
+        "python -m lgkd_core prepare --dataset {wildcards.dataset} --task {wildcards.task} "
+        "--{wildcards.mode} --data-root {params.data_root:q} --out-dir {output:q} "
+        "--workers {threads} > {log:q} 2>&1"

@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         model="results/{run}/step{step}/model.pt",
-        splits="results/{run}/splits",
+        splits=lambda wc: str(X.splits_dir(*run_of(wc))),
         data=lambda wc: data_marker(run_of(wc)[0].dataset),
     output:
         metrics="results/{run}/step{step}/metrics.json",
