@@ -2,10 +2,11 @@
 
 A method is a :class:`MethodConfig`; ``get_method(name, dataset, task_name, overrides)`` starts
 from a preset, applies the per-dataset / per-setting values the reference's scripts use, then the
-caller's overrides (every field can be overridden; a preset never silently wins over the user,
-unlike the reference, weakness W7). Step 0 always trains with plain cross-entropy only.
+caller's overrides (every field can be overridden; a preset never silently wins over the user:
+the reference's argument parser replaces some user values by its preset ones). Step 0 always
+trains with plain cross-entropy only.
 
-Presets (REFERENCE.md 1.3, 1.4, 5.12):
+Presets (the reference's argument presets and the authors' per-setting scripts):
 
 * ``FT``: cross-entropy only. ``Joint``: the same loss; the workflow trains it on task
   ``offline`` (every class at step 0), the upper bound of the tables.

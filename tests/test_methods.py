@@ -1,4 +1,4 @@
-"""Method presets: values per dataset and setting (REFERENCE.md 1.3, 1.4), overrides, errors."""
+"""Method presets: values per dataset and setting (the authors' scripts), overrides, errors."""
 
 import dataclasses
 

@@ -11,7 +11,6 @@ from lgkd_core.engine.checkpoint import CheckpointError, load_model_file
 from lgkd_core.models import build_model
 from lgkd_core.tasks import Task
 
-ARCH_KEYS = ("backbone", "norm", "output_stride", "head_channels")
 # Structural keys a model file may pin; the norm implementation is the running job's choice
 # (the state_dict keys are the same for every norm kind).
 STRUCTURE_KEYS = ("backbone", "output_stride", "head_channels")

@@ -4,7 +4,8 @@ All maths runs in fp32 (logits are cast with ``.float()``), also under autocast.
 
 Reduction ``"all_pixels"`` is the reference's: per-pixel losses (ignored pixels contribute 0),
 optionally multiplied by ``pixel_weight``, then averaged over *all* ``B*H*W`` pixels, ignored
-ones included in the denominator (REFERENCE.md 5.4, weakness W3). ``"valid_pixels"`` averages over
+ones included in the denominator (so a batch with many ignored pixels weighs less; kept for
+parity with the published numbers). ``"valid_pixels"`` averages over
 the non-ignored pixels instead; ``"none"`` returns the per-pixel map ``(B, H, W)``.
 """
 

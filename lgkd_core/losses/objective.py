@@ -1,7 +1,8 @@
 """The per-iteration objective: a method's losses composed as in the reference's ``train.py``.
 
 Step 0 (no teacher): plain cross-entropy on the raw labels, mean over all pixels.
-Step t >= 1, for a :class:`~lgkd_core.methods.MethodConfig` ``m`` (REFERENCE.md 5.3-5.12):
+Step t >= 1, for a :class:`~lgkd_core.methods.MethodConfig` ``m`` (the reference trainer's
+composition, term by term):
 
 * ``ce``: cross-entropy (``m.ce_type``: ``"ce"``, MiB's ``"unce"`` or LwF-MC's one-hot ``"bce"``)
   on full-resolution logits, mean over all B*H*W pixels. With ``m.pseudo == "entropy"``

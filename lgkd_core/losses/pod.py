@@ -6,7 +6,7 @@ mean over width and mean over height, concatenated), take the per-image L2 dista
 teacher's and the student's embeddings, and average it over the batch. The logits map's
 student-side new-class channels are first summed into its background *logit* ("sum" mode).
 Each term is weighted (``factors``) and scaled by ``sqrt(num_seen / num_new)``; the sum is divided
-by the number of maps (REFERENCE.md 5.8). As in the reference, a map whose factor is <= 0 adds
+by the number of maps. As in the reference, a map whose factor is <= 0 adds
 nothing but still counts in that denominator. Square maps are assumed, like the reference
 (the cell size is taken from the width). fp32 maths.
 """

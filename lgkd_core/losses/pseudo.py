@@ -1,6 +1,7 @@
 """PLOP's entropy pseudo-labelling with per-class median thresholds.
 
-The thresholded quantity (kept from the reference, REFERENCE.md 5.5):
+The thresholded quantity (kept from the reference trainer, whose published numbers
+used it):
 ``u = entropy(q) / log(C_seen)`` where q = softmax(teacher logits) over C_old channels and
 ``entropy(q) = -(1/log C_old) * mean_c q_c log(q_c + 1e-8)``: the *mean* over channels and the
 second division by ``log C_seen`` both shrink u far below 1 (max ~0.02 on VOC, ~0.002 on ADE).

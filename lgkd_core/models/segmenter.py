@@ -63,8 +63,6 @@ class IncrementalSegmenter(nn.Module):
         self.cls.append(conv)
         return conv
 
-    add_classifier = add_step  # the name docs/architecture.md uses
-
     def forward(self, x: torch.Tensor, return_features: bool = False):
         body, pre = self.body(x)
         head = self.head(body)
