@@ -76,101 +76,23 @@ def _run_prepare(args) -> int:
 
 # -- train -----------------------------------------------------------------------------------
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one incremental step (works under torchrun)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--step", required=True, type=int)
-    p.add_argument("--method", required=True)
-    p.add_argument("--data-root", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path, help="step folder; model.pt goes there")
-    p.add_argument("--splits", type=Path, help="folder with step{s}-train.txt lists")
-    p.add_argument("--teacher", type=Path, help="model.pt of the previous step")
-    p.add_argument("--state-dir", type=Path, help="epoch checkpoints (default OUT/state)")
-    p.add_argument(
-        "--pretrained",
-        default="none",
-        help="step 0's backbone start: iabn (DATA_ROOT/pretrained/resnet101_iabn_sync.pth.tar, "
-        "MD5-checked), torchvision (its ImageNet weights), none (random weights, with a "
-        "warning; the default) or the path of a backbone checkpoint",
+    from lgkd_core.engine.trainer import TrainConfig
+    from lgkd_core.options import add_dataclass_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train one incremental step (works under torchrun)",
+        description="Train one step. Every option is a field of lgkd_core.engine.TrainConfig.",
     )
-    p.add_argument(
-        "--pretrained-md5",
-        help="expected MD5 of the In-Place ABN file (default: the published one)",
-    )
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=24, help="global batch over all processes")
-    p.add_argument("--lr", type=float, help="default: 0.01/0.001 (VOC), 0.02/0.002 (ADE)")
-    p.add_argument("--crop-size", type=int, default=512)
-    p.add_argument("--backbone", default="resnet101")
-    p.add_argument("--head-channels", type=int, default=256)
-    p.add_argument("--norm", default="auto", help="auto, abn, iabn, iabn_sync, bn")
-    p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
-    p.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"))
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--seed", type=int, default=42)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--overlap", dest="overlap", action="store_true", default=True)
-    g.add_argument("--disjoint", dest="overlap", action="store_false")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="iterations (0: every epoch)")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
-    p.add_argument("--no-deterministic", dest="deterministic", action="store_false")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--tensorboard", action="store_true")
-    p.add_argument(
-        "--importance",
-        action="store_true",
-        help="step 0: also gather the EWC/PI/RW importance statistics (same weights)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a method setting, e.g. --set prev_kd=5 --set pod_factor=0.001",
-    )
+    add_dataclass_arguments(p, TrainConfig)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
     from lgkd_core.engine.trainer import TrainConfig, train
+    from lgkd_core.options import from_namespace
 
-    cfg = TrainConfig(
-        dataset=args.dataset,
-        task=args.task,
-        step=args.step,
-        method=args.method,
-        data_root=args.data_root,
-        out=args.out,
-        splits=args.splits,
-        teacher=args.teacher,
-        state_dir=args.state_dir,
-        pretrained=args.pretrained,
-        pretrained_md5=args.pretrained_md5,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        crop_size=args.crop_size,
-        backbone=args.backbone,
-        head_channels=args.head_channels,
-        norm=args.norm,
-        output_stride=args.output_stride,
-        amp=args.amp,
-        workers=args.workers,
-        seed=args.seed,
-        overlap=args.overlap,
-        method_overrides=_parse_set(args.set),
-        checkpoint_every=args.checkpoint_every,
-        deterministic=args.deterministic,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        device=args.device,
-        log_every=args.log_every,
-        tensorboard=args.tensorboard,
-        importance=args.importance,
-    )
-    train(cfg)
+    train(from_namespace(TrainConfig, args))
     return 0
 
 

@@ -101,41 +101,74 @@ class TrainConfig:
     times the size of the weights alone.
     """
 
-    dataset: str
-    task: str
-    step: int
-    method: str
-    data_root: Path
-    out: Path
-    splits: Path | None = None
-    teacher: Path | None = None
-    state_dir: Path | None = None
-    # Step 0's backbone start: iabn, torchvision, none (None too: random) or a checkpoint path;
-    # pretrained_md5 replaces the expected MD5 of the In-Place ABN file (lgkd_core.data.pretrained)
-    pretrained: str | Path | None = None
-    pretrained_md5: str | None = None
+    dataset: str = field(metadata={"help": "voc, ade or synthetic"})
+    task: str = field(metadata={"help": "e.g. 15-1, 100-10, offline; a class order: 15-5s_b"})
+    step: int = field(metadata={"help": "0 (the base classes) or an incremental step"})
+    method: str = field(metadata={"help": "a preset: `python -m lgkd_core methods`"})
+    data_root: Path = field(metadata={"help": "folder holding the datasets"})
+    out: Path = field(metadata={"help": "step folder; model.pt goes there"})
+    splits: Path | None = field(
+        default=None, metadata={"help": "folder with the step{s}-train.txt lists"}
+    )
+    teacher: Path | None = field(default=None, metadata={"help": "model.pt of the previous step"})
+    state_dir: Path | None = field(
+        default=None, metadata={"help": "epoch and iteration checkpoints (unset: OUT/state)"}
+    )
+    pretrained: str | None = field(
+        default=None,
+        metadata={
+            "help": "step 0's backbone start: iabn (DATA_ROOT/pretrained/resnet101_iabn_sync."
+            "pth.tar, MD5-checked), torchvision (its ImageNet weights), none (random weights, "
+            "with a warning; unset too) or the path of a backbone checkpoint"
+        },
+    )
+    pretrained_md5: str | None = field(
+        default=None,
+        metadata={"help": "expected MD5 of the In-Place ABN file (unset: the published one)"},
+    )
     epochs: int = 30
-    batch_size: int = 24
-    lr: float | None = None
+    batch_size: int = field(default=24, metadata={"help": "global batch over all processes"})
+    lr: float | None = field(
+        default=None, metadata={"help": "unset: 0.01/0.001 (VOC), 0.02/0.002 (ADE)"}
+    )
     weight_decay: float = 1e-4
     crop_size: int = 512
-    backbone: str = "resnet101"
+    backbone: str = field(default="resnet101", metadata={"help": "resnet18/34/50/101[_wF]"})
     head_channels: int = 256
-    norm: str = "auto"
-    output_stride: int = 16
-    amp: str = "off"
-    workers: int = 4
+    norm: str = field(
+        default="auto", metadata={"choices": ("auto", "abn", "iabn", "iabn_sync", "bn")}
+    )
+    output_stride: int = field(default=16, metadata={"choices": (8, 16)})
+    amp: str = field(default="off", metadata={"choices": ("off", "fp16", "bf16")})
+    workers: int = field(default=4, metadata={"help": "DataLoader workers per process"})
     seed: int = 42
-    overlap: bool = True
-    method_overrides: dict = field(default_factory=dict)
-    importance: bool = False
-    checkpoint_every: int = 0
-    max_nonfinite: int = 20
-    deterministic: bool = True
+    overlap: bool = field(
+        default=True,
+        metadata={"flags": ("--overlap", "--disjoint"), "help": "the overlap protocol"},
+    )
+    method_overrides: dict = field(
+        default_factory=dict,
+        metadata={
+            "flag": "--set",
+            "pairs": True,
+            "help": "override a method setting, e.g. --set prev_kd=5 --set pod_factor=0.001",
+        },
+    )
+    importance: bool = field(
+        default=False,
+        metadata={"help": "step 0: also gather the EWC/PI/RW importance statistics"},
+    )
+    checkpoint_every: int = field(default=0, metadata={"help": "iterations (0: every epoch)"})
+    max_nonfinite: int = field(
+        default=20, metadata={"help": "consecutive non-finite iterations before stopping"}
+    )
+    deterministic: bool = field(
+        default=True, metadata={"help": "deterministic algorithms (bit-identical resume)"}
+    )
     channels_last: bool = False
-    compile: bool = False
-    device: str = "auto"
-    log_every: int = 10
+    compile: bool = field(default=False, metadata={"help": "torch.compile student and teacher"})
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    log_every: int = field(default=10, metadata={"help": "iterations between progress lines"})
     tensorboard: bool = False
 
     def default_lr(self) -> float:
