@@ -138,25 +138,11 @@ def test_experiment_name_cannot_escape_results(tmp_path):
 
 
 # -- a real reduced run ----------------------------------------------------------------------
-# A setting with a cross-section of the methods (every one trains two steps in-process in
-# test_baselines_train.py): LGKD, plain CE, and a regulariser that needs step 0's importance;
-# Joint as its upper bound; and a run that imports a step 0 from a file (step0_checkpoint).
-TINY_METHODS = ["LGKD", "FT", "EWC"]
-TINY = {
-    "synthetic": {"n_train": 80, "n_val": 40, "size": 64, "seed": 0},
-    "default_experiments": ["tiny_released"],
-    "default_settings": ["tiny"],
-    "settings": {
-        "tiny": {"dataset": "synthetic", "task": "15-5", "methods": TINY_METHODS,
-                 "joint": "tiny_joint", "epochs_step0": 2, "epochs": 1, "head_channels": 32},
-    },
-    "experiments": {
-        "tiny_joint": {"dataset": "synthetic", "task": "offline", "method": "Joint",
-                       "epochs_step0": 2, "head_channels": 32},
-        "tiny_released": {"dataset": "synthetic", "task": "15-5", "method": "FT", "epochs": 1,
-                          "head_channels": 32, "step0_checkpoint": "results/tiny/step0/model.pt"},
-    },
-}  # fmt: skip
+# .test/config/config.yaml: a setting with a cross-section of the methods (every one trains two
+# steps in-process in test_baselines_train.py), its Joint, and a step0_checkpoint run.
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
+TINY = yaml.safe_load(TEST_CONFIG.read_text())
+TINY_METHODS = TINY["settings"]["tiny"]["methods"]
 
 
 def _planned(workdir: Path, *extra: str) -> list[dict]:
