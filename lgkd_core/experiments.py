@@ -284,6 +284,9 @@ def step0_recipe(exp: Experiment, member: Member) -> list[str]:
         if args[i] in _NOT_STEP0_RECIPE:
             i += 2
             continue
+        if args[i] == "--tensorboard":  # logging only
+            i += 1
+            continue
         kept.append(args[i])
         i += 1
     g = exp.get
@@ -383,6 +386,8 @@ def train_args(
     args.append("--overlap" if g("overlap") is not False else "--disjoint")
     if g("channels_last"):
         args.append("--channels-last")
+    if g("tensorboard"):
+        args.append("--tensorboard")
     if g("compile"):
         args.append("--compile")
     args += ["--device", "cuda" if (g("gpus") or 0) > 0 else "cpu"]

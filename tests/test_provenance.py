@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import lgkd_core
 from lgkd_core import provenance
+from lgkd_core.data.synthetic import synthesize
+
+from helpers import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +62,21 @@ def test_each_attempt_keeps_its_own_log(tmp_path):
         text = (log.parent / f"train.{n}.log").read_text()
         assert f"train.{n}.log: SLURM job" in text and "OMP_NUM_THREADS=3" in text
         assert text.rstrip().endswith(f"lgkd_core {lgkd_core.__version__}")
+
+
+def test_tensorboard_without_the_package_is_one_clear_line(tmp_path):
+    """`tensorboard: true` where the package is missing: exit 2, the key and the fix named."""
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+
+    synthesize(tmp_path / "synthetic", seed=0, n_train=8, n_val=4, size=64, workers=1)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_TRAIN.items()]
+    cmd = [sys.executable, "-m", "lgkd_core", "train", "--dataset", "synthetic", "--task",
+           "15-5", "--step", "0", "--method", "FT", "--data-root", str(tmp_path), "--out",
+           str(tmp_path / "out"), "--epochs", "1", "--batch-size", "4", "--tensorboard",
+           *flags]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "tensorboard: true" in proc.stderr and "pip install tensorboard" in proc.stderr
+    assert not (tmp_path / "out" / "model.pt").exists()

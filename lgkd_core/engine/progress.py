@@ -68,8 +68,11 @@ class Progress:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError(
-                    "--tensorboard needs the 'tensorboard' package: pip install tensorboard"
+                # A ValueError: the command line reports it as one line, without a traceback.
+                raise ValueError(
+                    "tensorboard: true (--tensorboard) needs the 'tensorboard' package, which is "
+                    "not installed: `pip install tensorboard` (or `pip install -e .[tensorboard]`)"
+                    ", or set tensorboard: false"
                 ) from exc
             self.writer = SummaryWriter(str(tensorboard_dir))
 
