@@ -12,9 +12,9 @@ from lgkd_core import provenance
 from lgkd_core.engine import distributed as D
 from lgkd_core.engine.inputs import eval_loader, to_device
 from lgkd_core.engine.teacher import build_from_file
-from lgkd_core.engine.trainer import resolve_norm
 from lgkd_core.io import atomic_write_json
 from lgkd_core.metrics import ConfusionMatrix
+from lgkd_core.models import resolve_norm
 from lgkd_core.tasks import get_task
 
 log = logging.getLogger("lgkd_core.evaluate")

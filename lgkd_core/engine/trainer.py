@@ -38,7 +38,7 @@ from lgkd_core.losses.regularizers import (
     make_estimator,
 )
 from lgkd_core.methods import MethodConfig, get_method
-from lgkd_core.models import build_model, init_balanced
+from lgkd_core.models import build_model, init_balanced, resolve_norm
 from lgkd_core.models.imagenet import init_backbone
 from lgkd_core.tasks import get_task
 
@@ -187,20 +187,6 @@ class TrainConfig:
             if k not in skip
         }
         return config_digest(fields)
-
-
-def resolve_norm(norm: str, device: torch.device) -> str:
-    """``auto``: synchronised In-Place ABN on GPUs when installed, else the pure-PyTorch ABN."""
-    if norm != "auto":
-        return norm
-    if device.type == "cuda":
-        try:
-            import inplace_abn  # noqa: F401
-
-            return "iabn_sync"
-        except ImportError:
-            pass
-    return "abn"
 
 
 def seed_everything(seed: int) -> None:

@@ -1,7 +1,7 @@
 """Segmentation models: ResNet backbones, DeepLabV3 head, incremental classifier, norm layers."""
 
 from lgkd_core.models.deeplab import DeepLabV3
-from lgkd_core.models.norm import ABN, NORM_KINDS, BNAct, make_norm
+from lgkd_core.models.norm import ABN, NORM_KINDS, BNAct, make_norm, resolve_norm
 from lgkd_core.models.resnet import BACKBONES, ResNet, build_backbone, parse_backbone
 from lgkd_core.models.segmenter import (
     Features,
@@ -26,4 +26,5 @@ __all__ = [
     "load_imagenet_backbone",
     "make_norm",
     "parse_backbone",
+    "resolve_norm",
 ]

@@ -246,3 +246,17 @@ def make_norm(
             kwargs["group"] = dist.group.WORLD
         return cls(num_features, **kwargs)
     raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORM_KINDS)}")
+
+
+def resolve_norm(norm: str, device: torch.device) -> str:
+    """``auto``: synchronised In-Place ABN on GPUs when installed, else the pure-PyTorch ABN."""
+    if norm != "auto":
+        return norm
+    if device.type == "cuda":
+        try:
+            import inplace_abn  # noqa: F401
+
+            return "iabn_sync"
+        except ImportError:
+            pass
+    return "abn"
