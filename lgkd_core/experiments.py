@@ -338,6 +338,14 @@ def put_interpreter_on_path(executable: str) -> None:
         os.environ["PATH"] = os.pathsep.join([folder, *parts])
 
 
+def put_checkout_on_pythonpath(checkout: str) -> None:
+    """Prepend the repository ``checkout`` to PYTHONPATH, so that jobs running in an environment
+    that has the dependencies but not lgkd_core (``--use-conda``) import it from there."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if parts[:1] != [checkout]:
+        os.environ["PYTHONPATH"] = os.pathsep.join([checkout, *parts])
+
+
 def is_url(value: str) -> bool:
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", str(value)))
 

@@ -23,17 +23,14 @@ import yaml
 from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_slurm_installed
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "slurm"
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-# The executor flags measured to work on SLURM 22.05 without accounting (issue 7): `squeue` as
-# status command (the default sacct hangs without accounting), a 2 s first status check.
-SLURM_FLAGS = [
-    "--executor", "slurm",
-    "--slurm-no-account",
-    "--default-resources", "slurm_partition=debug",
-    "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "2",
-    # Keep the plugin's per-job logs (deleted on success by default): they name the job ids.
+# What the profile needs on this test cluster: no accounts and no accounting database (the
+# plugin's default sacct status command hangs without one), first status check after 2 s and
+# then every 2 s (the default 10 s would dominate these short jobs), the per-job logs kept (they
+# name the job ids).
+PROFILE_FLAGS = [
+    "--slurm-no-account", "--slurm-status-command", "squeue",
+    "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
     "--slurm-keep-successful-logs",
 ]  # fmt: skip
 
@@ -128,19 +125,6 @@ def test_launch_finds_the_job_nodes_without_slurm_job_nodelist(
     assert out.read_text().split() == [slurm_cluster.host]
 
 
-@pytest.mark.slow
-def test_snakemake_executor_submits_each_rule(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    """Two chained rules go through snakemake-executor-plugin-slurm as two separate jobs."""
-    shutil.copy(FIXTURES / "Snakefile", tmp_path / "Snakefile")
-    _run_snakemake([*SLURM_FLAGS, "--jobs", "2"], cwd=tmp_path, timeout=150)
-    first = (tmp_path / "first.txt").read_text().strip()
-    second = (tmp_path / "second.txt").read_text().strip()
-    assert first.isdigit() and second.isdigit()
-    assert first != second
-    logged = _slurm_log_job_ids(tmp_path)
-    assert logged == {"first": [first], "second": [second]}
-
-
 # ---------------------------------------------------------------- the real workflow via the profile
 
 PROFILE = REPO / "profiles" / "slurm"
@@ -187,11 +171,7 @@ def test_workflow_through_slurm_profile(slurm_cluster: SlurmCluster, tmp_path: P
     cfg.write_text(yaml.safe_dump(_tiny_experiment_config()))
     _run_snakemake(
         ["--snakefile", str(MAIN_SNAKEFILE), "--directory", str(tmp_path),
-         "--profile", str(PROFILE), "--configfile", str(cfg),
-         "--slurm-keep-successful-logs", "--jobs", "2",
-         # This test cluster has no accounts and no accounting database (sacct).
-         "--slurm-no-account", "--slurm-status-command", "squeue",
-         "--slurm-init-seconds-before-status-checks", "2",
+         "--profile", str(PROFILE), "--configfile", str(cfg), "--jobs", "2", *PROFILE_FLAGS,
          # --configfile merges into config.yaml's experiments: ask for ours only.
          "results/tiny/table.csv"],
         cwd=REPO, timeout=170,
@@ -226,27 +206,28 @@ def test_time_limit_kill_then_retry_resumes(slurm_cluster: SlurmCluster, tmp_pat
     cfg.write_text(yaml.safe_dump(config))
     cmd = [str(SNAKEMAKE), "--snakefile", str(MAIN_SNAKEFILE), "--directory", str(tmp_path),
            "--profile", str(PROFILE), "--configfile", str(cfg), "--retries", "1",
-           "--slurm-keep-successful-logs", "--jobs", "2",
-           "--slurm-no-account", "--slurm-status-command", "squeue",
-           "--slurm-init-seconds-before-status-checks", "2",
+           "--jobs", "2", *PROFILE_FLAGS,
            "results/tiny/step0/model.pt"]  # fmt: skip
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    err = tmp_path / "snakemake.err"  # a file, not a pipe nobody reads while it runs
+    with err.open("w") as err_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=err_file)  # fmt: skip
     retry = None
     try:
         deadline = time.monotonic() + 600  # only against a hang: the trigger is the retry's log
         while retry is None:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert proc.poll() is None, err.read_text()[-3000:]
             assert time.monotonic() < deadline, "no resumed retry appeared"
             for log in tmp_path.glob("logs/step0-synthetic-15-5-*/step0/train.2.log"):
                 if "resuming step 0 from" in log.read_text():
                     retry = log
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
+        # The SLURM jobs first (killing Snakemake leaves them running), then Snakemake.
         subprocess.run(["scancel", "--full", "--partition", "debug"], timeout=30)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
     print(
         f"\n[slurm] time limit, SIGTERM and resumed retry after {time.monotonic() - started:.0f} s"
     )

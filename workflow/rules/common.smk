@@ -25,9 +25,7 @@ if "conda" not in str(workflow.deployment_settings.deployment_method):
     X.put_interpreter_on_path(sys.executable)
 else:
     # The conda environment has the dependencies; lgkd_core comes from this checkout.
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
-    )
+    X.put_checkout_on_pythonpath(workflow.basedir)
 
 RUNS = {run: exp for exp in EXPERIMENTS.values() for run in exp.runs()}
 SWEEPS = [name for name, exp in EXPERIMENTS.items() if exp.is_sweep]
