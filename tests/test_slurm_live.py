@@ -178,6 +178,9 @@ def test_workflow_through_slurm_profile(slurm_cluster: SlurmCluster, tmp_path: P
     )  # fmt: skip
     table = tmp_path / "results" / "tiny" / "table.csv"
     assert table.exists() and table.read_text().strip()
+    # Step 1's job trained step 1 only: the linked step 0 is still the shared run's model.
+    link = tmp_path / "results" / "tiny" / "step0" / "model.pt"
+    assert link.is_symlink(), "a SLURM job re-made the linked step 0"
     logged = _slurm_log_job_ids(tmp_path)
     train = [j for rule, ids in logged.items() if rule.startswith("train") for j in ids]
     evaluate = [j for rule, ids in logged.items() if rule.startswith("eval") for j in ids]

@@ -36,11 +36,13 @@ def test_dry_run_voc_15_1_plans_the_chain(tmp_path):
     jobs = planned_jobs(proc.stdout)
     # Step 0 is trained by the setting's shared step-0 run and linked into results/voc_15-1.
     c = counts(jobs)
-    assert (c["download"], c["train"], c["evaluate"], c["table"]) == (1, 6, 6, 1), c
+    # Rule train makes the shared run's step 0; train_incremental the linked run's steps 1-5.
+    assert (c["download"], c["train"], c["train_incremental"]) == (1, 1, 5), c
+    assert (c["evaluate"], c["table"]) == (6, 1), c
     # model.pt and metrics.json linked; one image-list folder for the run and its shared step 0.
     assert c["share_step0"] == 2 and c["prepare_splits"] == 1, c
     trains = {int(re.search(r"step(\d)", j["output"][0]).group(1)): j for j in jobs
-              if j["rule"] == "train"}  # fmt: skip
+              if j["rule"].startswith("train")}  # fmt: skip
     assert sorted(trains) == list(range(6))
     assert "data/PascalVOC2012/.done" in trains[0]["input"]
     for step in range(1, 6):
@@ -72,7 +74,7 @@ def test_dry_run_default_target_compares_every_method_from_one_step0(tmp_path):
     # 11 methods x 5 incremental steps, one shared step 0 and the Joint model; each method links
     # the shared model.pt and metrics.json, Joint's metrics.json is linked for compare.
     assert c["synthesize"] == 1 and c["compare"] == 1 and c["table"] == 11
-    assert c["train"] == 11 * 5 + 2 and c["evaluate"] == 11 * 5 + 2
+    assert c["train"] == 2 and c["train_incremental"] == 11 * 5 and c["evaluate"] == 11 * 5 + 2
     assert c["share_step0"] == 2 * 11 + 1, c
     ft0 = next(j for j in jobs if j["rule"] == "share_step0"
                and j["output"][0] == "results/synthetic_15-1_ft/step0/model.pt")  # fmt: skip
@@ -242,7 +244,7 @@ def test_finished_run_reruns_only_what_changed(tiny_run):
     # One step's model deleted: that step, its evaluation and the tables only.
     (workdir / "results" / "tiny" / "step1" / "model.pt").unlink()
     jobs = _planned(workdir, "--configfile", str(cfg))
-    trains = [j["output"][0] for j in jobs if j["rule"] == "train"]
+    trains = [j["output"][0] for j in jobs if j["rule"].startswith("train")]
     assert trains == ["results/tiny/step1/model.pt"], jobs
     c = counts(jobs)
     assert (c["evaluate"], c["table"], c["compare"]) == (1, 1, 1), c
@@ -255,7 +257,7 @@ def test_finished_run_reruns_only_what_changed(tiny_run):
     proc = snakemake(target, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = _planned(workdir, "--configfile", str(cfg))
-    trains = sorted(j["output"][0] for j in jobs if j["rule"] == "train")
+    trains = sorted(j["output"][0] for j in jobs if j["rule"].startswith("train"))
     assert trains == ["results/tiny_released/step1/model.pt"], trains
 
 

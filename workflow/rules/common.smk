@@ -37,6 +37,10 @@ SHARED_STEP0 = {
     exp.run(m): m.shared_step0 for exp in EXPERIMENTS.values() for m in exp.members
     if m.shared_step0
 }  # fmt: skip
+# Runs that train their own step 0, and runs whose step 0 is linked or imported (rule train
+# produces the former's every step, rule train_incremental the latter's steps >= 1 only).
+OWN_STEP0 = [run for run in RUNS if run not in SHARED_STEP0 and run not in IMPORTED]
+LINKED_STEP0 = sorted({*SHARED_STEP0, *IMPORTED})
 
 
 def _alternatives(names):

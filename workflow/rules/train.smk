@@ -10,6 +10,8 @@ rule train:
         model="results/{run}/step{step}/model.pt",
     log:
         "logs/{run}/step{step}/train.log",
+    wildcard_constraints:
+        run=_alternatives(OWN_STEP0),
     conda:
         ENV
     threads: _cpus
@@ -35,8 +37,24 @@ rule train:
         "--nnodes={params.nnodes} --threads={threads} -- train {params.args}"
 
 
+# Steps >= 1 of the runs whose step 0 is linked (share_step0) or imported (import_step0): the
+# same job as train. A separate rule so that no rule but share_step0 / import_step0 can make
+# such a run's step0/model.pt. A SLURM job runs Snakemake with only its own rule allowed; had
+# train matched that file too, the job for step 1 would have re-trained step 0 inside itself
+# (its record says another rule made the link), over the link.
+use rule train as train_incremental with:
+    wildcard_constraints:
+        run=_alternatives(LINKED_STEP0),
+        step=r"[1-9][0-9]*",
+
+
 # step0_checkpoint: a released step-0 model (a URL or a file) checked against the task and the
-# architecture and written as this run's step-0 model.pt; no training.
+# architecture and written as this run's step-0 model.pt; no training. A localrule: the
+# URL may need the internet, which compute nodes often lack.
+localrules:
+    import_step0,
+
+
 rule import_step0:
     input:
         unpack(import_inputs),
@@ -76,6 +94,4 @@ rule share_step0:
         "ln -sfn {params.target:q} {output:q} && echo linked {input:q} > {log:q}"
 
 
-ruleorder: share_step0 > train
-ruleorder: import_step0 > train
 ruleorder: share_step0 > evaluate
