@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     argv = sys.argv[1:] if argv is None else argv
     only = argv[0] if argv and argv[0] in COMMANDS else None
+    if argv[:1] == ["--version"]:
+        only = "--version"  # no command's module needed: answer at once
     args = build_parser(only).parse_args(argv)
     try:
         return int(args.func(args) or 0)
