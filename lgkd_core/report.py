@@ -28,12 +28,14 @@ Outputs (CSV, mIoU in **percent with 2 decimals**, the paper's convention; empty
   run), the final step's ``old``, ``new``, ``all``, ``mean_all`` (each with ``_std``, empty for
   single runs), ``step0_all`` and ``init`` (step 0's, as in the run tables).
 * ``miou.png``: old / new / all (and background, dashed) per step; error bars and bands of one
-  standard deviation when the table has ``_std`` columns.
+  standard deviation when the table has ``_std`` columns. ``class_iou.png`` and
+  ``confusion.png``: :mod:`lgkd_core.figures`.
 
 CLI (every output is written atomically)::
 
     python -m lgkd_core report table --metrics step0.json step1.json ... --out table.csv
-        [--plot miou.png] [--title TEXT] [--dataset D --task T]
+        [--plot miou.png] [--class-iou class_iou.png] [--confusion confusion.png]
+        [--title TEXT] [--dataset D --task T]
     python -m lgkd_core report sweep --member NAME=table.csv ... --out table.csv
         [--plot miou.png] [--title TEXT]
     python -m lgkd_core report summary --table EXPERIMENT=table.csv ... --out summary.csv
@@ -365,6 +367,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--out", required=True, type=Path, help="table.csv to write")
     t.add_argument("--plot", type=Path, help="miou.png to write")
+    t.add_argument("--class-iou", type=Path, help="class_iou.png to write (classes x steps)")
+    t.add_argument("--confusion", type=Path, help="confusion.png of the final step to write")
     t.add_argument("--title", default="", help="plot title")
     t.add_argument("--dataset", help="only for metrics that do not name their dataset")
     t.add_argument("--task", help="only for metrics that do not name their task")
@@ -400,6 +404,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.report_kind == "table":
         table = step_table(args.metrics, dataset=args.dataset, task=args.task)
+        if args.class_iou or args.confusion:
+            from lgkd_core import figures
+
+            if args.class_iou:
+                figures.plot_class_iou(table, args.class_iou, args.title)
+            if args.confusion:
+                payloads = [json.loads(Path(m).read_text()) for m in args.metrics]
+                final = max(payloads, key=lambda p: p["step"])
+                figures.plot_confusion(final, args.confusion, args.title)
     else:
         members = {k: read_table(v) for k, v in parse_pairs(args.member, "--member").items()}
         table = sweep_table(members)

@@ -14,13 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import lgkd_core
 from lgkd_core import experiments as X
+from lgkd_core import figures
 from lgkd_core.engine.checkpoint import load_model_file
 
 from helpers import counts, planned_jobs, snakemake
@@ -214,6 +217,19 @@ def test_one_command_compares_methods_trained_from_one_step0(tiny_run):
     assert list(table["step"]) == [0, 1]
     assert {"background", "old", "new", "all", "mean_all", "init"} <= set(table.columns)
     assert (results / "tiny" / "miou.png").read_bytes()[:4] == b"\x89PNG"
+    # The per-class heatmap holds every class at every step; the confusion matrix of the final
+    # step has its background / old / new blocks, each ground-truth row summing to 1.
+    heat = figures.class_iou_matrix(table)
+    assert heat.shape == (21, 2) and heat.index[0] == "background"
+    assert heat[0].notna().sum() == 16 and heat[1].notna().sum() >= 16  # 5 classes added
+    metrics1 = json.loads((results / "tiny" / "step1" / "metrics.json").read_text())
+    cm, names, num_old = figures.confusion_blocks(metrics1)
+    assert cm.shape == (21, 21) and len(names) == 21 and num_old == 15
+    present = np.asarray(metrics1["confusion_matrix"]).sum(axis=1) > 0
+    assert np.allclose(cm.sum(axis=1)[present], 1.0)
+    for name in ("class_iou.png", "confusion.png"):
+        with Image.open(results / "tiny" / name) as png:
+            assert png.format == "PNG" and min(png.size) >= 300, (name, png.size)
     # Every result and log respects the umask (0644 under 022): the group can read them.
     mask = os.umask(0)
     os.umask(mask)
@@ -230,7 +246,8 @@ def test_report_holds_the_flagged_tables_and_plots(tiny_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert report.stat().st_size > 10_000
-    assert "Adding miou.png" in out and "Adding compare.png" in out, out[-2000:]
+    for name in ("miou.png", "class_iou.png", "confusion.png", "compare.png"):
+        assert f"Adding {name}" in out, (name, out[-2000:])
 
 
 @pytest.mark.slow

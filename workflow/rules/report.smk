@@ -21,6 +21,16 @@ rule table:
             caption="../report/table.rst",
         ),
         plot=report("results/{run}/miou.png", category="{run}", caption="../report/miou.rst"),
+        class_iou=report(
+            "results/{run}/class_iou.png",
+            category="{run}",
+            caption="../report/class_iou.rst",
+        ),
+        confusion=report(
+            "results/{run}/confusion.png",
+            category="{run}",
+            caption="../report/confusion.rst",
+        ),
     log:
         "logs/{run}/table.log",
     conda:
@@ -32,7 +42,8 @@ rule table:
         models_present=lambda wc: "".join("1" if os.path.exists(m) else "0" for m in _models(wc)),
     shell:
         "python -m lgkd_core report table --metrics {input.metrics:q} --out {output.table:q} "
-        "--plot {output.plot:q} --title {wildcards.run:q} > {log:q} 2>&1"
+        "--plot {output.plot:q} --class-iou {output.class_iou:q} "
+        "--confusion {output.confusion:q} --title {wildcards.run:q} > {log:q} 2>&1"
 
 
 rule sweep_table:
