@@ -68,8 +68,6 @@ localrules:
 
 
 # The In-Place ABN ImageNet ResNet-101 that step 0 starts from (pretrained: iabn).
-
-
 rule download_pretrained:
     output:
         f"{DATA_ROOT}/pretrained/{P.IABN_FILE}",
