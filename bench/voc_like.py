@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lgkd_core.data.synthetic import voc_palette
+from lgkd_core.data.palettes import voc_palette
 
 WIDTH, HEIGHT = 500, 375
 ROOT_NAME = "PascalVOC2012"  # lgkd_core.data.sources: data_root / PascalVOC2012
@@ -27,7 +27,7 @@ ROOT_NAME = "PascalVOC2012"  # lgkd_core.data.sources: data_root / PascalVOC2012
 def make_mask(rng: np.random.Generator, classes: list[int]) -> Image.Image:
     """A 'P' mask: background 0, one ellipse or polygon per class, 255 outlines (width 5)."""
     mask = Image.new("P", (WIDTH, HEIGHT), 0)
-    mask.putpalette(voc_palette())
+    mask.putpalette(voc_palette().reshape(-1).tolist())
     draw = ImageDraw.Draw(mask)
     for c in classes:
         cx, cy = rng.integers(60, WIDTH - 60), rng.integers(50, HEIGHT - 50)

@@ -113,6 +113,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--backbone", help="for files that do not record it (reference checkpoints)")
     p.add_argument("--output-stride", type=int, choices=(8, 16))
     p.add_argument("--head-channels", type=int)
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        help="also write the predictions on the showcase images (.npz) for predictions.png",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -141,6 +146,7 @@ def _run_evaluate(args) -> int:
         workers=args.workers,
         device=args.device,
         arch=arch,
+        predictions=args.predictions,
     )
     return 0
 

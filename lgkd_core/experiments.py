@@ -422,6 +422,7 @@ def evaluate_args(
     args += ["--data-root", str(data_root), "--splits", str(splits_dir(exp, member))]
     args += ["--model", str(run_dir / f"step{step}" / "model.pt")]
     args += ["--out", str(run_dir / f"step{step}" / "metrics.json")]
+    args += ["--predictions", str(run_dir / f"step{step}" / "predictions.npz")]
     args += _flag("crop-size", exp.get("crop_size_val") or exp.get("crop_size") or 0)
     args += _flag("batch-size", exp.get("eval_batch_size") or 8)
     args += _flag("workers", exp.get("workers") if exp.get("workers") is not None else 2)

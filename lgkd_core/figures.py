@@ -3,12 +3,15 @@ step's confusion matrix with its background / old / new blocks.
 
 * ``class_iou.png``: a classes x steps heatmap of IoU (%) from a run ``table.csv``; a class is
   blank before the step that adds it; a line separates step 0's classes from the later ones.
+* ``predictions.png``: the showcase validation images (rows), with columns image, ground truth
+  and the prediction after every step, coloured in the dataset's palette, with a legend of the
+  classes shown.
 * ``confusion.png``: the final step's confusion matrix from its ``metrics.json``, each row (a
   ground-truth class) normalised to sum to 1; lines separate background, the old classes (seen
   before the final step) and the final step's new classes. Where new pixels go (to background,
   to old classes) is LGKD's point.
 
-Both functions return the matrix they drew, so a test can check it without reading pixels.
+Each function returns the matrix (or grid) it drew, so a test can check it without reading pixels.
 """
 
 from __future__ import annotations
@@ -105,3 +108,93 @@ def plot_confusion(metrics: dict | Path | str, path: Path | str, title: str = ""
     ax.set_title(title or f"step {metrics['step']}: background | old | new")
     save_png(fig, path)
     return matrix
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """``image`` uint8 (3, H, W) with every class of ``mask`` (H, W) drawn in its colour (255:
+    left as is), by torchvision's drawing utility; returns (H, W, 3) uint8."""
+    import torch
+    from torchvision.utils import draw_segmentation_masks
+
+    values = [int(v) for v in np.unique(mask) if v != 255]
+    if not values:
+        return image.transpose(1, 2, 0)
+    masks = torch.from_numpy(np.stack([mask == v for v in values]))
+    drawn = draw_segmentation_masks(
+        torch.from_numpy(image),
+        masks,
+        alpha=0.7,
+        colors=[tuple(int(c) for c in colours[v]) for v in values],
+    )
+    return drawn.permute(1, 2, 0).numpy()
+
+
+def predictions_grid(steps: list[dict[str, np.ndarray]]) -> tuple[list[str], np.ndarray]:
+    """(image ids, classes shown) of per-step showcase predictions (as ``evaluate
+    --predictions`` writes them, ordered by step); checks that every step shows the same images.
+    """
+    ids = [str(i) for i in steps[0]["ids"]]
+    for step, arrays in enumerate(steps):
+        if [str(i) for i in arrays["ids"]] != ids:
+            raise ValueError(
+                f"the predictions of step {step} show other images than step 0's ({ids}); "
+                "re-run the evaluations of this run"
+            )
+    values = set()
+    for k in range(len(ids)):
+        values |= set(np.unique(steps[-1][f"label_{k}"]).tolist())
+        for arrays in steps:
+            values |= set(np.unique(arrays[f"pred_{k}"]).tolist())
+    return ids, np.array(sorted(values - {255}), dtype=int)
+
+
+def plot_predictions(
+    paths: list[Path | str], dataset: str, path: Path | str, title: str = ""
+) -> tuple[int, int]:
+    """``predictions.png`` from the per-step ``.npz`` files (any order); returns the grid's
+    (rows, columns): one row per image, columns image, ground truth, then one per step."""
+    from matplotlib.patches import Patch
+
+    from lgkd_core.data.palettes import palette
+    from lgkd_core.tasks import DATASET_CLASSES
+
+    steps = []
+    for p in paths:
+        with np.load(p) as archive:
+            steps.append({k: archive[k] for k in archive.files})
+    if not steps:
+        raise ValueError("plot_predictions needs the predictions of at least one step")
+    steps.sort(key=lambda arrays: int(arrays["step"]))
+    if [int(a["step"]) for a in steps] != list(range(len(steps))):
+        found = [int(a["step"]) for a in steps]
+        raise ValueError(f"predictions of steps {found} given; every step 0..T is needed once")
+    ids, shown = predictions_grid(steps)
+    colours = palette(dataset)
+    names = DATASET_CLASSES[dataset]
+    rows, cols = len(ids), 2 + len(steps)
+    fig = _figure(1.6 * cols + 2.4, 1.6 * rows + 0.6)
+    layout = fig.add_gridspec(rows, cols + 1, width_ratios=[1.0] * cols + [1.5])
+    grid = [[fig.add_subplot(layout[r, c]) for c in range(cols)] for r in range(rows)]
+    for r in range(rows):
+        image = steps[-1][f"image_{r}"]
+        panels = [image.transpose(1, 2, 0), _overlay(image, steps[-1][f"label_{r}"], colours)]
+        panels += [_overlay(image, arrays[f"pred_{r}"], colours) for arrays in steps]
+        for c, panel in enumerate(panels):
+            ax = grid[r][c]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(["image", "ground truth"][c] if c < 2 else f"step {c - 2}")
+        grid[r][0].set_ylabel(ids[r], fontsize="x-small")
+    handles = [Patch(color=colours[v] / 255, label=names[v]) for v in shown if v < len(names)]
+    legend = fig.add_subplot(layout[:, cols])
+    legend.axis("off")
+    columns = 1 if len(handles) <= 30 else 2
+    legend.legend(
+        handles=handles, loc="center left", fontsize="x-small", frameon=False, ncols=columns
+    )
+    if title:
+        fig.suptitle(title)
+    save_png(fig, path)
+    return rows, cols

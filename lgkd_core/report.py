@@ -369,6 +369,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--plot", type=Path, help="miou.png to write")
     t.add_argument("--class-iou", type=Path, help="class_iou.png to write (classes x steps)")
     t.add_argument("--confusion", type=Path, help="confusion.png of the final step to write")
+    t.add_argument(
+        "--predictions",
+        nargs="+",
+        action="extend",
+        type=Path,
+        metavar="NPZ",
+        help="every step's showcase predictions (evaluate --predictions), for --predictions-png",
+    )
+    t.add_argument("--predictions-png", type=Path, help="predictions.png to write")
     t.add_argument("--title", default="", help="plot title")
     t.add_argument("--dataset", help="only for metrics that do not name their dataset")
     t.add_argument("--task", help="only for metrics that do not name their task")
@@ -404,7 +413,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.report_kind == "table":
         table = step_table(args.metrics, dataset=args.dataset, task=args.task)
-        if args.class_iou or args.confusion:
+        if args.predictions_png and not args.predictions:
+            raise ValueError("--predictions-png needs --predictions (every step's .npz)")
+        if args.class_iou or args.confusion or args.predictions_png:
             from lgkd_core import figures
 
             if args.class_iou:
@@ -413,6 +424,11 @@ def run(args: argparse.Namespace) -> int:
                 payloads = [json.loads(Path(m).read_text()) for m in args.metrics]
                 final = max(payloads, key=lambda p: p["step"])
                 figures.plot_confusion(final, args.confusion, args.title)
+            if args.predictions_png:
+                dataset = args.dataset or json.loads(Path(args.metrics[0]).read_text())["dataset"]
+                figures.plot_predictions(
+                    args.predictions, dataset, args.predictions_png, args.title
+                )
     else:
         members = {k: read_table(v) for k, v in parse_pairs(args.member, "--member").items()}
         table = sweep_table(members)

@@ -16,6 +16,7 @@ from lgkd_core.data.splits import (
     prepare_splits,
     read_ids,
     select_eval,
+    select_showcase,
     select_train,
 )
 from lgkd_core.io import write_ids
@@ -50,6 +51,17 @@ def test_select_eval_needs_a_seen_foreground_class():
     assert select_eval(SETS, VOC_15_1, 0) == [1, 3]
     assert select_eval(SETS, VOC_15_1, 1) == [0, 1, 2, 3]
     assert select_eval(SETS, VOC_15_1, 2) == [0, 1, 2, 3, 4]
+
+
+def test_showcase_prefers_old_and_new_in_one_image_then_fills():
+    # VOC 15-1: step-0 classes 1..15, later ones 16..20. Only image 1 holds both; then the most
+    # later classes (2), then the most classes, then the index (0 before 4); returned in order.
+    assert select_showcase(SETS, VOC_15_1, count=1) == [1]
+    assert select_showcase(SETS, VOC_15_1, count=2) == [1, 2]
+    assert select_showcase(SETS, VOC_15_1, count=4) == [0, 1, 2, 4]
+    assert select_showcase(SETS, VOC_15_1, count=10) == [0, 1, 2, 3, 4]  # 5: no class
+    offline = get_task("voc", "offline")  # one step: no later class, any foreground counts
+    assert select_showcase(SETS, offline, count=2) == [1, 2]
 
 
 def test_select_rejects_values_outside_the_dataset_naming_the_file():
@@ -188,7 +200,9 @@ def test_prepare_splits_on_tiny_voc(tmp_path, overlap, train0, train1):
     assert read_ids(out / "step0-val.txt") == ["v0"]
     assert read_ids(out / "step1-val.txt") == ["v0", "v1"]
     assert counts == {0: {"train": len(train0), "val": 1}, 1: {"train": len(train1), "val": 2}}
+    assert read_ids(out / "showcase.txt") == ["v0", "v1"]
     assert sorted(p.name for p in out.iterdir()) == [
+        "showcase.txt",
         "step0-train.txt",
         "step0-val.txt",
         "step1-train.txt",

@@ -25,6 +25,7 @@ import lgkd_core
 from lgkd_core import experiments as X
 from lgkd_core import figures
 from lgkd_core.engine.checkpoint import load_model_file
+from lgkd_core.tasks import get_task
 
 from helpers import counts, planned_jobs, snakemake
 
@@ -43,7 +44,7 @@ def test_dry_run_voc_15_1_plans_the_chain(tmp_path):
     assert (c["download"], c["train"], c["train_incremental"]) == (1, 1, 5), c
     assert (c["evaluate"], c["table"]) == (6, 1), c
     # model.pt and metrics.json linked; one image-list folder for the run and its shared step 0.
-    assert c["share_step0"] == 2 and c["prepare_splits"] == 1, c
+    assert c["share_step0"] == 3 and c["prepare_splits"] == 1, c
     trains = {int(re.search(r"step(\d)", j["output"][0]).group(1)): j for j in jobs
               if j["rule"].startswith("train")}  # fmt: skip
     assert sorted(trains) == list(range(6))
@@ -78,7 +79,7 @@ def test_dry_run_default_target_compares_every_method_from_one_step0(tmp_path):
     # the shared model.pt and metrics.json, Joint's metrics.json is linked for compare.
     assert c["synthesize"] == 1 and c["compare"] == 1 and c["table"] == 11
     assert c["train"] == 2 and c["train_incremental"] == 11 * 5 and c["evaluate"] == 11 * 5 + 2
-    assert c["share_step0"] == 2 * 11 + 1, c
+    assert c["share_step0"] == 3 * 11 + 1, c
     ft0 = next(j for j in jobs if j["rule"] == "share_step0"
                and j["output"][0] == "results/synthetic_15-1_ft/step0/model.pt")  # fmt: skip
     lgkd0 = next(j for j in jobs if j["rule"] == "share_step0"
@@ -227,7 +228,29 @@ def test_one_command_compares_methods_trained_from_one_step0(tiny_run):
     assert cm.shape == (21, 21) and len(names) == 21 and num_old == 15
     present = np.asarray(metrics1["confusion_matrix"]).sum(axis=1) > 0
     assert np.allclose(cm.sum(axis=1)[present], 1.0)
-    for name in ("class_iou.png", "confusion.png"):
+    # Predictions: the split preparation's showcase images, every step's argmax in dataset ids
+    # (only classes that step knows), the figure one column per step plus image and truth.
+    (splits,) = (results / "_splits" / "synthetic").glob("15-5-*")
+    showcase = (splits / "showcase.txt").read_text().split()
+    assert 1 <= len(showcase) <= 4
+    task = get_task("synthetic", "15-5")
+    shown = []
+    for step in (0, 1):
+        with np.load(results / "tiny" / f"step{step}" / "predictions.npz") as arrays:
+            assert list(arrays["ids"]) == showcase and int(arrays["step"]) == step
+            for k in range(len(showcase)):
+                image, label, pred = (arrays[f"{n}_{k}"] for n in ("image", "label", "pred"))
+                assert image.dtype == np.uint8 and image.shape == (3, 64, 64)
+                assert label.shape == pred.shape == (64, 64)
+                assert set(np.unique(pred)) <= set(task.classes_seen(step))
+                shown.append(set(np.unique(label)) - {0, 255})
+    # Showcase images hold a step-0 class and a class of step 1.
+    assert all(c & set(task.base_classes()) and c & set(task.new_classes(1)) for c in shown)
+    grid = figures.plot_predictions(
+        sorted((results / "tiny").glob("step*/predictions.npz")), "synthetic", workdir / "p.png"
+    )
+    assert grid == (len(showcase), 2 + 2)
+    for name in ("class_iou.png", "confusion.png", "predictions.png"):
         with Image.open(results / "tiny" / name) as png:
             assert png.format == "PNG" and min(png.size) >= 300, (name, png.size)
     # Every result and log respects the umask (0644 under 022): the group can read them.
@@ -246,7 +269,7 @@ def test_report_holds_the_flagged_tables_and_plots(tiny_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert report.stat().st_size > 10_000
-    for name in ("miou.png", "class_iou.png", "confusion.png", "compare.png"):
+    for name in ("miou.png", "class_iou.png", "confusion.png", "predictions.png", "compare.png"):
         assert f"Adding {name}" in out, (name, out[-2000:])
 
 

@@ -23,8 +23,12 @@ from lgkd_core.data.sources import DataFileError, image_size, open_source, read_
 from lgkd_core.io import write_ids
 from lgkd_core.tasks import Task, get_task
 
+SHOWCASE_FILE = "showcase.txt"  # beside the step lists: the predictions figure's images
+
 
 # -- reading masks in parallel -----------------------------------------------------------------
+
+
 def label_set(path: Path | str) -> frozenset[int]:
     """Distinct values of one mask file."""
     counts = np.bincount(read_mask(path).ravel(), minlength=256)
@@ -94,6 +98,25 @@ def select_eval(
     return [k for k, labels in enumerate(label_sets) if labels & seen]
 
 
+def select_showcase(label_sets: Sequence[frozenset[int]], task: Task, count: int = 4) -> list[int]:
+    """Indices of up to ``count`` images for the predictions figure, a pure function of the masks.
+
+    Preferred: images holding a class of step 0 and a class added later (old and new in one
+    picture), those with the most later classes first, then by index. When fewer qualify, images
+    with any foreground class fill the list in the same order.
+    """
+    base = set(task.classes_seen(0)) - {0}
+    later = set(task.classes_seen(task.num_steps - 1)) - base - {0}
+
+    def rank(k: int) -> tuple[int, int, int, int]:
+        labels = label_sets[k]
+        both = bool(labels & base) and bool(labels & later)
+        return (not both, -len(labels & later), -len(labels & (base | later)), k)
+
+    candidates = [k for k, labels in enumerate(label_sets) if labels & (base | later)]
+    return sorted(sorted(candidates, key=rank)[:count])
+
+
 # -- id lists --------------------------------------------------------------------------------
 def read_ids(path: Path | str) -> list[str]:
     """Ids written by :func:`write_ids` (blank lines skipped)."""
@@ -108,7 +131,8 @@ def prepare_splits(
     overlap: bool = True,
     workers: int = 0,
 ) -> dict[int, dict[str, int]]:
-    """Write ``step{s}-train.txt`` and ``step{s}-val.txt`` for every step into ``out_dir``.
+    """Write ``step{s}-train.txt`` and ``step{s}-val.txt`` for every step into ``out_dir``, and
+    ``showcase.txt``: the validation images of the predictions figure (:func:`select_showcase`).
 
     Every mask is decoded once; mask values and image/mask sizes are checked on the way.
     Returns ``{step: {"train": n, "val": m}}``.
@@ -137,4 +161,6 @@ def prepare_splits(
         write_ids(out_dir / f"step{step}-train.txt", [ids["train"][k] for k in train])
         write_ids(out_dir / f"step{step}-val.txt", [ids["val"][k] for k in val])
         counts[step] = {"train": len(train), "val": len(val)}
+    showcase = select_showcase(label_sets["val"], task)
+    write_ids(out_dir / SHOWCASE_FILE, [ids["val"][k] for k in showcase])
     return counts

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lgkd_core.data.palettes import voc_palette
 from lgkd_core.io import atomic_write_text
 from lgkd_core.tasks import SYNTHETIC_CLASSES
 
@@ -62,22 +63,7 @@ class SyntheticDatasetError(ValueError):
     """The output folder holds something ``synthesize`` must not overwrite (a bad ``--out``)."""
 
 
-def voc_palette() -> list[int]:
-    """The standard Pascal VOC colour map: 256 RGB triples flattened to 768 ints."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-_PALETTE = voc_palette()
+_PALETTE = voc_palette().reshape(-1).tolist()  # flat, as PIL.Image.putpalette takes it
 
 
 # -- class appearance ----------------------------------------------------------------------------

@@ -11,7 +11,14 @@ from torch.utils.data import DataLoader
 from lgkd_core.data.dataset import SegmentationDataset
 from lgkd_core.data.labels import eval_lut, train_lut
 from lgkd_core.data.sources import open_source
-from lgkd_core.data.splits import mask_label_sets, read_ids, select_eval, select_train
+from lgkd_core.data.splits import (
+    SHOWCASE_FILE,
+    mask_label_sets,
+    read_ids,
+    select_eval,
+    select_showcase,
+    select_train,
+)
 from lgkd_core.data.transforms import eval_transform, train_transform
 from lgkd_core.engine.sampling import SeededSamples, ShardedSampler
 from lgkd_core.tasks import Task
@@ -52,6 +59,16 @@ def step_ids(
     else:
         keep = select_eval(label_sets, task, step, paths=paths)
     return [all_ids[k] for k in keep]
+
+
+def showcase_ids(source, task: Task, splits_dir: Path | None = None) -> list[str]:
+    """The validation images of the predictions figure: ``splits_dir/showcase.txt`` when the
+    split preparation wrote it, otherwise chosen from the masks of the final step's images."""
+    if splits_dir is not None and (Path(splits_dir) / SHOWCASE_FILE).is_file():
+        return read_ids(Path(splits_dir) / SHOWCASE_FILE)
+    ids = step_ids(source, task, task.num_steps - 1, "val", splits_dir)
+    label_sets = mask_label_sets([source.mask_path("val", i) for i in ids])
+    return [ids[k] for k in select_showcase(label_sets, task)]
 
 
 def train_loader(

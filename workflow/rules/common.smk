@@ -189,13 +189,18 @@ def _metrics(wc):
     return [f"results/{wc.run}/step{s}/metrics.json" for s in range(exp.num_steps())]
 
 
+def _predictions(wc):
+    exp, _ = run_of(wc)
+    return [f"results/{wc.run}/step{s}/predictions.npz" for s in range(exp.num_steps())]
+
+
 def _members(wc):
     exp = EXPERIMENTS[wc.sweep]
     return {m.name: f"results/{exp.run(m)}/table.csv" for m in exp.members}
 
 
 def _shared_step0(wc):
-    """The shared step-0 run's model.pt or metrics.json, linked into this run's step0/."""
+    """The shared step-0 run's model.pt, metrics.json or predictions.npz, linked into step0/."""
     return f"results/{SHARED_STEP0[wc.run]}/step0/{wc.file}"
 
 

@@ -8,6 +8,7 @@ rule evaluate:
         data=lambda wc: data_marker(run_of(wc)[0].dataset),
     output:
         metrics="results/{run}/step{step}/metrics.json",
+        predictions="results/{run}/step{step}/predictions.npz",
     log:
         "logs/{run}/step{step}/evaluate.log",
     conda:

@@ -14,6 +14,7 @@ rule table:
     input:
         metrics=_metrics,
         models=_models,
+        predictions=_predictions,
     output:
         table=report(
             "results/{run}/table.csv",
@@ -31,6 +32,11 @@ rule table:
             category="{run}",
             caption="../report/confusion.rst",
         ),
+        predictions=report(
+            "results/{run}/predictions.png",
+            category="{run}",
+            caption="../report/predictions.rst",
+        ),
     log:
         "logs/{run}/table.log",
     conda:
@@ -43,7 +49,8 @@ rule table:
     shell:
         "python -m lgkd_core report table --metrics {input.metrics:q} --out {output.table:q} "
         "--plot {output.plot:q} --class-iou {output.class_iou:q} "
-        "--confusion {output.confusion:q} --title {wildcards.run:q} > {log:q} 2>&1"
+        "--confusion {output.confusion:q} --predictions {input.predictions:q} "
+        "--predictions-png {output.predictions:q} --title {wildcards.run:q} > {log:q} 2>&1"
 
 
 rule sweep_table:

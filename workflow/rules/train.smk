@@ -85,7 +85,7 @@ rule share_step0:
         "logs/{run}/step0/share_{file}.log",
     wildcard_constraints:
         run=_alternatives(SHARED_STEP0),
-        file=r"model\.pt|metrics\.json",
+        file=r"model\.pt|metrics\.json|predictions\.npz",
     conda:
         ENV
     params:
