@@ -166,6 +166,10 @@ MODULE_COMMANDS = {
     "report": ("lgkd_core.report", "tables and plots from metrics.json files"),
     "compare": ("lgkd_core.compare", "every method of a setting beside the published numbers"),
     "methods": ("lgkd_core.methods", "the method presets and their loss weights, as CSV"),
+    "prepare-points": (
+        "lgkd_core.data.points.prepare",
+        "cut raw ScanNet v2 / S3DIS scenes into 1 m blocks (3DPC-CISS protocol)",
+    ),
 }
 
 
