@@ -166,6 +166,7 @@ MODULE_COMMANDS = {
     "report": ("lgkd_core.report", "tables and plots from metrics.json files"),
     "compare": ("lgkd_core.compare", "every method of a setting beside the published numbers"),
     "methods": ("lgkd_core.methods", "the method presets and their loss weights, as CSV"),
+    "status": ("lgkd_core.status", "where every run and step stands (state, progress, mIoU)"),
     "prepare-points": (
         "lgkd_core.data.points.prepare",
         "cut raw ScanNet v2 / S3DIS scenes into 1 m blocks (3DPC-CISS protocol)",

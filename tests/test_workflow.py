@@ -302,6 +302,18 @@ def test_finished_run_reruns_only_what_changed(tiny_run):
 
 
 @pytest.mark.slow
+def _status(workdir: Path, *args: str) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lgkd_core", "status", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line.startswith("tiny ")]
+
+
 def test_killed_workflow_resumes_the_step_from_its_checkpoint(tmp_path):
     """SIGKILL snakemake and its training job mid-step; the same command continues from state/."""
     cfg = tmp_path / "tiny.yaml"
@@ -328,6 +340,15 @@ def test_killed_workflow_resumes_the_step_from_its_checkpoint(tmp_path):
     step0 = tmp_path / "results" / "tiny" / "step0" / "model.pt"
     assert step0.exists() and not (state.parent / "model.pt").exists()
     before = step0.stat().st_mtime_ns
+    # `status` tells the half-finished run from the files: step 0 linked from the shared step-0
+    # run and evaluated there, step 1 stopped at
+    # its newest checkpoint (an old log counts as stopped: --stale 0).
+    newest = int(sorted(state.glob("ckpt-*.pt"))[-1].stem.removeprefix("ckpt-"))
+    lines = _status(tmp_path, "--stale", "0")
+    assert re.match(
+        r"tiny +step0 +linked .*mIoU old [\d.]+ new - all [\d.]+ +\(from step0-", lines[0]
+    )
+    assert re.match(rf"tiny +step1 +stopped +epoch \d+/6 +it {newest}/\d+ ", lines[1]), lines
     # Snakemake itself was killed too: its lock stays (its own safety), --unlock lifts it; the
     # profile's rerun-incomplete then lets the same command start again.
     assert snakemake(["--unlock", "--configfile", str(cfg)], tmp_path).returncode == 0
@@ -342,3 +363,11 @@ def test_killed_workflow_resumes_the_step_from_its_checkpoint(tmp_path):
     assert "step 1: world size 1" in first and "step 1 done" not in first and "step 1 done" in log
     assert step0.stat().st_mtime_ns == before, "finished steps are not re-run"
     assert (tmp_path / "results" / "tiny" / "table.csv").exists()
+    # Finished: every step has its scores; --follow returns once nothing is running.
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "table.csv")
+    lines = _status(tmp_path, "--follow", "0.1")
+    assert [line.split()[:3] for line in lines] == [
+        ["tiny", "step0", "linked"],
+        ["tiny", "step1", "done"],
+    ]
+    assert lines[1].endswith(f"all {table.loc[1, 'all']:.2f}"), (lines, table)
