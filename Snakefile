@@ -26,3 +26,4 @@ rule all:
     default_target: True
     input:
         default_targets(),
+        "results/report.html",

@@ -354,7 +354,9 @@ def plot_miou(table: pd.DataFrame, path: Path | str, title: str = "") -> None:
 # -- CLI -------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Sub-commands ``table``, ``sweep`` and ``summary`` (list options may be repeated)."""
-    sub = parser.add_subparsers(dest="report_kind", required=True, metavar="{table,sweep,summary}")
+    sub = parser.add_subparsers(
+        dest="report_kind", required=True, metavar="{table,sweep,summary,html,print}"
+    )
     t = sub.add_parser("table", help="table.csv (and miou.png) of one run from its metrics.json")
     t.add_argument(
         "--metrics",
@@ -403,10 +405,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an experiment's table.csv (run or sweep)",
     )
     m.add_argument("--out", required=True, type=Path, help="summary.csv to write")
+    h = sub.add_parser("html", help="results/report.html: every table and figure, one page")
+    h.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    h.add_argument("--out", required=True, type=Path, help="report.html to write")
+    h.add_argument(
+        "--setting",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="SETTING=RUN,RUN",
+        help="a setting and its runs (one per method)",
+    )
+    h.add_argument(
+        "--experiment", nargs="+", action="extend", default=[], help="a run or sweep shown alone"
+    )
+    h.add_argument("--captions", type=Path, help="folder of the workflow's caption .rst files")
+    h.add_argument("--title", default="lgkd results")
+    p = sub.add_parser("print", help="print CSV tables (compare.csv, summary.csv) as text")
+    p.add_argument("tables", nargs="+", type=Path)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the requested table (and plot); bad input raises ValueError/FileNotFoundError."""
+    if args.report_kind == "html":
+        from lgkd_core.html_report import build_report, read_captions
+
+        settings = {k: v.split(",") for k, v in parse_pairs(args.setting, "--setting").items()}
+        build_report(
+            args.results,
+            args.out,
+            settings,
+            args.experiment,
+            read_captions(args.captions),
+            args.title,
+        )
+        return 0
+    if args.report_kind == "print":
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            for path in args.tables:
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: no such table; build it with the workflow")
+                print(f"{path}:\n{pd.read_csv(path).to_string(index=False)}\n")
+        return 0
     if args.report_kind == "summary":
         tables = {k: read_table(v) for k, v in parse_pairs(args.table, "--table").items()}
         write_csv(summary_table(tables), args.out)

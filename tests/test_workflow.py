@@ -25,8 +25,10 @@ import lgkd_core
 from lgkd_core import experiments as X
 from lgkd_core import figures
 from lgkd_core.engine.checkpoint import load_model_file
+from lgkd_core.html_report import RUN_FIGURES
 from lgkd_core.tasks import get_task
 
+from browser import open_page
 from helpers import counts, planned_jobs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,6 +273,36 @@ def test_report_holds_the_flagged_tables_and_plots(tiny_run):
     assert report.stat().st_size > 10_000
     for name in ("miou.png", "class_iou.png", "confusion.png", "predictions.png", "compare.png"):
         assert f"Adding {name}" in out, (name, out[-2000:])
+
+
+@pytest.mark.slow
+def test_html_report_shows_every_figure_in_chromium(tiny_run, tmp_path):
+    """results/report.html (rule html_report, part of the default target) rendered by headless
+    Chromium: every figure of the setting and of the experiment decoded at its file's size."""
+    workdir, _ = tiny_run
+    results = workdir / "results"
+    page = results / "report.html"
+    text = page.read_text()
+    runs = list(X.resolve_settings({**CONFIG, **TINY})["tiny"].experiments.values())
+    runs.append("tiny_released")
+    expected = [results / "tiny" / "compare.png"]
+    expected += [results / r / f"{k}.png" for r in runs for k in RUN_FIGURES]
+    for run in runs:
+        assert f'id="{run}"' in text, run
+    assert text.count("Provenance of step 1") == len(runs)
+    assert "is missing" not in text
+    with open_page(page.as_uri()) as browser:
+        shown = browser.evaluate(
+            "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+        )
+        shot = browser.screenshot(tmp_path / "report.png")
+    sizes = []
+    for path in expected:
+        with Image.open(path) as png:
+            sizes.append([True, *png.size])
+    assert shown == sizes
+    with Image.open(shot) as png:
+        assert png.size[0] >= 1280 and png.size[1] > 1600, png.size  # the whole page
 
 
 @pytest.mark.slow

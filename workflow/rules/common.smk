@@ -99,6 +99,18 @@ def default_targets():
     return out + (["results/summary.csv"] if names else [])
 
 
+def html_report_args(wc):
+    """The settings (with their runs) and experiments of results/report.html."""
+    args = []
+    for name in config.get("default_settings", []):
+        setting = SETTINGS[name]
+        # Joint has no run table (compare scores its step 0); it is a row of compare.csv.
+        args += ["--setting", f"{name}={','.join(setting.experiments.values())}"]
+    for name in config.get("default_experiments", []):
+        args += ["--experiment", name]
+    return quoted(args)
+
+
 for _name in config.get("default_settings", []):
     if _name not in SETTINGS:
         raise WorkflowError(

@@ -7,6 +7,7 @@ localrules:
     sweep_table,
     summary,
     compare,
+    html_report,
     share_step0,
 
 
@@ -113,3 +114,22 @@ rule compare:
     shell:
         "python -m lgkd_core compare {params.args} --out {output.table:q} "
         "--plot {output.plot:q} --title {wildcards.setting:q} > {log:q} 2>&1"
+
+
+# One self-contained page with every default table and figure, grouped by setting and
+# experiment, with captions and provenance (`snakemake --report` builds Snakemake's own too).
+rule html_report:
+    input:
+        default_targets(),
+    output:
+        "results/report.html",
+    log:
+        "logs/report_html.log",
+    conda:
+        ENV
+    params:
+        args=html_report_args,
+        captions=Path(workflow.basedir, "workflow", "report"),
+    shell:
+        "python -m lgkd_core report html --results results --out {output:q} "
+        "--captions {params.captions:q} {params.args} > {log:q} 2>&1"
