@@ -171,6 +171,10 @@ MODULE_COMMANDS = {
         "lgkd_core.data.points.prepare",
         "cut raw ScanNet v2 / S3DIS scenes into 1 m blocks (3DPC-CISS protocol)",
     ),
+    "synthesize3d": (
+        "lgkd_core.data.synthetic3d",
+        "generate synthetic indoor rooms as 1 m point blocks (the prepare-points layout)",
+    ),
 }
 
 

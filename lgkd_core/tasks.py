@@ -3,11 +3,22 @@
 A *task* maps each step to the classes (original dataset ids) learned at that step; step 0
 includes the background (0). The model's output channel ``k`` at step ``t`` is the ``k``-th class
 of ``order(t)`` = step-0 classes, then each later step's classes in turn.
+
+Point clouds (``scannet``, ``s3dis``, ``synthetic3d``; the 3DPC-CISS protocol) use the same
+layout, over *task ids* that add a background 0 to the labels stored in the blocks (see
+:class:`PointLabels` and :func:`point_label_lut`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lgkd_core.data.points_classes import S3DIS_CLASSES, SCANNET_CLASSES
+from lgkd_core.data.synthetic3d import SYNTHETIC3D_CLASSES
+
+if TYPE_CHECKING:
+    import numpy as np
 
 VOC_CLASSES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -109,12 +120,97 @@ def _ade_tasks() -> dict[str, list[list[int]]]:
     return tasks
 
 
-TASKS: dict[str, dict[str, list[list[int]]]] = {
+# -- point clouds ---------------------------------------------------------------------------
+#
+# The stored labels of a point-cloud dataset have no background: they index the dataset's own
+# class list (ScanNet: 0 unannotated, 1 wall, ..., 20 otherfurniture; S3DIS: 0 ceiling, ...,
+# 12 clutter). The protocol trains step t on labels "step-t classes -> 1..k in list order,
+# everything else -> 0 (background)", and ignores ScanNet's unannotated in the step-0 loss.
+# Here every annotated stored label r gets the task id r + offset (offset 1 for S3DIS and
+# synthetic3d, 0 for ScanNet, whose unannotated 0 is no class and leaves id 0 free), id 0 is the
+# background, and the tasks are written over task ids as for images. The protocol's label j
+# (1..k) of step t is then model id num_old + j - 1 = the class's position in order(t): the same
+# per-step classifiers, with background and the old classes in front of the new ones.
+# point_label_lut builds the stored label -> model id table of a step.
+
+
+@dataclass(frozen=True)
+class PointLabels:
+    """How the labels stored in a point-cloud dataset's blocks relate to task ids.
+
+    ``stored``: class names indexed by stored label; task id = stored label + ``offset``;
+    ``unannotated``: the stored label that is no class (ScanNet's 0), or None.
+    """
+
+    stored: tuple[str, ...]
+    offset: int
+    unannotated: int | None = None
+
+    def task_id(self, label: int) -> int | None:
+        """Task id of a stored label (None for unannotated)."""
+        return None if label == self.unannotated else label + self.offset
+
+    @property
+    def task_classes(self) -> tuple[str, ...]:
+        """Names by task id: ``background``, then the annotated classes."""
+        names = ["background"] * (len(self.stored) + self.offset)
+        for label, name in enumerate(self.stored):
+            tid = self.task_id(label)
+            if tid is not None:
+                names[tid] = name
+        return tuple(names[: max(self.annotated_ids()) + 1])
+
+    def annotated_ids(self) -> list[int]:
+        """Task ids of the annotated classes, in stored-label order (the protocol's S0)."""
+        return [t for t in (self.task_id(r) for r in range(len(self.stored))) if t is not None]
+
+
+POINT_LABELS: dict[str, PointLabels] = {
+    "scannet": PointLabels(SCANNET_CLASSES, offset=0, unannotated=0),
+    "s3dis": PointLabels(S3DIS_CLASSES, offset=1),
+    "synthetic3d": PointLabels(SYNTHETIC3D_CLASSES, offset=1),
+}
+for _name, _labels in POINT_LABELS.items():
+    DATASET_CLASSES[_name] = _labels.task_classes
+
+
+def _point_orders(labels: PointLabels) -> dict[str, list[int]]:
+    """The two class orders of the protocol, as task ids: ``""`` = S0, the stored-label order;
+    ``"_s1"`` = S1, alphabetical by class name."""
+    s0 = labels.annotated_ids()
+    names = labels.task_classes
+    return {"": s0, "_s1": sorted(s0, key=lambda t: names[t])}
+
+
+def _point_tasks(labels: PointLabels, settings: list[tuple[int, int]]) -> dict:
+    """``"a-b"`` (and ``"a-b_s1"`` in the S1 order): the first ``a`` classes of the order at
+    step 0 (with background), then steps of ``b`` classes until all are learned (``15-5``: one
+    step of 5; ``15-1``: five steps of 1). ``offline`` / ``joint``: every class at once."""
+    orders = _point_orders(labels)
+    tasks = {"offline": [[0, *orders[""]]]}
+    tasks["joint"] = tasks["offline"]
+    for suffix, ids in orders.items():
+        for base, size in settings:
+            if not 0 < base < len(ids):
+                raise ValueError(f"bad point-cloud setting {base}-{size} for {len(ids)} classes")
+            steps = [[0, *ids[:base]]] + [ids[i : i + size] for i in range(base, len(ids), size)]
+            tasks[f"{base}-{size}{suffix}"] = steps
+    return tasks
+
+
+POINT_TASKS: dict[str, dict[str, list[list[int]]]] = {
+    "scannet": _point_tasks(POINT_LABELS["scannet"], [(19, 1), (17, 3), (15, 5), (15, 1)]),
+    "s3dis": _point_tasks(POINT_LABELS["s3dis"], [(12, 1), (10, 3), (8, 5), (8, 1)]),
+    "synthetic3d": _point_tasks(POINT_LABELS["synthetic3d"], [(9, 1), (7, 3), (5, 5), (5, 1)]),
+}
+
+IMAGE_TASKS: dict[str, dict[str, list[list[int]]]] = {
     "voc": _voc_tasks(),
     "ade": _ade_tasks(),
     # The embedded dataset has VOC's label space, so it shares VOC's settings.
     "synthetic": _voc_tasks(),
 }
+TASKS: dict[str, dict[str, list[list[int]]]] = {**IMAGE_TASKS, **POINT_TASKS}
 
 
 @dataclass(frozen=True)
@@ -189,14 +285,24 @@ class Task:
         return [self.class_names[c] for c in self.order(step)]
 
 
-def list_datasets() -> list[str]:
-    return sorted(TASKS)
+def list_datasets(modality: str | None = None) -> list[str]:
+    """Dataset names: ``modality`` ``"image"``, ``"points"`` or None (both)."""
+    if modality is None:
+        return sorted(TASKS)
+    if modality not in ("image", "points"):
+        raise ValueError(f"modality must be 'image', 'points' or None, got {modality!r}")
+    return sorted(IMAGE_TASKS if modality == "image" else POINT_TASKS)
+
+
+def is_point_dataset(dataset: str) -> bool:
+    return dataset in POINT_TASKS
 
 
 def list_tasks(dataset: str) -> list[str]:
     if dataset not in TASKS:
         raise ValueError(
-            f"unknown dataset {dataset!r}; valid datasets: {', '.join(list_datasets())}"
+            f"unknown dataset {dataset!r}; valid datasets: {', '.join(list_datasets('image'))}; "
+            f"point clouds: {', '.join(list_datasets('points'))}"
         )
     return sorted(TASKS[dataset])
 
@@ -210,3 +316,36 @@ def get_task(dataset: str, name: str) -> Task:
         )
     steps = tuple(tuple(s) for s in TASKS[dataset][name])
     return Task(dataset=dataset, name=name, steps=steps)
+
+
+IGNORE = 255
+
+
+def point_label_lut(task: Task, step: int, split: str = "train") -> np.ndarray:
+    """uint8 (256,): label stored in a point-cloud block -> model id at ``step``.
+
+    ``split="train"`` (the protocol's training labels): background and the step's classes get
+    their model id (position in ``task.order(step)``), every other class (old or future) 0.
+    ScanNet's unannotated is 255 (ignored) at step 0 and background 0 at later steps, as the
+    protocol does. ``split="eval"``: every class seen so far keeps its model id, future classes
+    and unannotated are 0 (a prediction of a class on an unannotated point is a false positive
+    of that class, as in the protocol's confusion matrix). Values that are no stored label of
+    the dataset map to 255.
+    """
+    import numpy as np
+
+    if task.dataset not in POINT_LABELS:
+        raise ValueError(f"{task.dataset!r} is not a point-cloud dataset")
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    labels = POINT_LABELS[task.dataset]
+    position = {c: k for k, c in enumerate(task.order(step))}
+    kept = set(task.new_classes(step) if split == "train" else task.classes_seen(step))
+    lut = np.full(256, IGNORE, dtype=np.uint8)
+    for stored in range(len(labels.stored)):
+        tid = labels.task_id(stored)
+        if tid is None:
+            lut[stored] = IGNORE if split == "train" and step == 0 else 0
+        else:
+            lut[stored] = position[tid] if tid in kept else 0
+    return lut

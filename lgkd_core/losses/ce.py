@@ -7,6 +7,9 @@ optionally multiplied by ``pixel_weight``, then averaged over *all* ``B*H*W`` pi
 ones included in the denominator (so a batch with many ignored pixels weighs less; kept for
 parity with the published numbers). ``"valid_pixels"`` averages over
 the non-ignored pixels instead; ``"none"`` returns the per-pixel map ``(B, H, W)``.
+
+Images are (B, C, H, W) logits with (B, H, W) labels; point clouds (B, C, N) with (B, N): every
+function takes any trailing shape ``*`` (a point is a pixel).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Output and feature distillation: KD (LwF), unbiased KD (MiB), label-guided KD (LGKD), ILT.
 
 Shapes: student logits (B, C_old + C_new, H, W), teacher logits (B, C_old, H, W); channel order
-is background, old classes, new classes. All maths in fp32. ``alpha`` multiplies the teacher's
+is background, old classes, new classes; point clouds use (B, C, N) (any trailing shape works,
+labels (B, *)). All maths in fp32. ``alpha`` multiplies the teacher's
 logits before its softmax (the reference's ``--alpha``, 1 in every preset).
 """
 

@@ -25,8 +25,9 @@ composition, term by term):
 ``total`` is their sum. Only the components the method uses are present. The EWC / PI / RW
 weight penalty (``reg``) depends on the parameters, not the outputs: the trainer adds it
 (:mod:`lgkd_core.losses.regularizers`). Features are any objects with attributes ``stages``
-(list of (B, C_l, h_l, w_l)), ``body`` and ``logits_small`` (B, C, h, w). Everything is
-computed in fp32 with autocast disabled.
+(list of (B, C_l, h_l, w_l)), ``body`` and ``logits_small`` (B, C, h, w); for point clouds
+(B, C, N) maps, ``logits_small`` being the logits themselves. Everything is computed in fp32
+with autocast disabled.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ from lgkd_core.losses.pseudo import pseudo_label_entropy
 from lgkd_core.methods import MethodConfig
 
 
-def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour (B, H, W) int64 -> (B, h, w): source pixel floor(i * H / h)."""
+def downsample_labels(labels: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Nearest-neighbour (B, H, W) int64 -> (B, h, w): source pixel floor(i * H / h).
+
+    Also (B, N) -> (B, n) for point labels (``size`` = (n,)); the same size is the identity."""
     small = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
     return small[:, 0].long()
 
@@ -79,6 +82,7 @@ def step_losses(
     student_logits: (B, C_seen, H, W); teacher_logits: (B, C_old, H, W) or None at step 0;
     thresholds: (C_old,) from :class:`~lgkd_core.losses.pseudo.EntropyThresholds` when the method
     pseudo-labels; num_old / num_seen / num_new: C_old, C_seen and the step's new classes.
+    Point clouds: (B, N) labels and (B, C, N) logits work for every term but POD (ValueError).
     """
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         if teacher_logits is None:
@@ -129,7 +133,7 @@ def _incremental(
             t_logits, labels, thresholds, num_seen, ignore_index=ignore_index
         )
         if m.adaptive_factor:
-            weight = factor[:, None, None]
+            weight = factor.view(-1, *[1] * (labels.dim() - 1))
     if m.ce_type == "unce":
         out["ce"] = unbiased_cross_entropy(logits, ce_labels, num_old, ignore_index, weight)
     elif m.ce_type == "bce":
@@ -141,7 +145,7 @@ def _incremental(
         if m.kd_type == "lgkd":
             s_small = _need(feats, "small logits for LGKD", m).logits_small
             t_small = _need(t_feats, "small logits for LGKD", m).logits_small
-            small_labels = downsample_labels(labels, tuple(s_small.shape[-2:]))
+            small_labels = downsample_labels(labels, tuple(s_small.shape[2:]))
             kd = lgkd_loss(
                 s_small, t_small, small_labels, m.prev_kd, m.novel_kd, ignore_index, m.alpha
             )

@@ -26,9 +26,19 @@ def merge_new_logits(student_logits_small: torch.Tensor, num_old: int) -> torch.
     return torch.cat([bg, z[:, 1:num_old]], dim=1)
 
 
+def _check_image_map(x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(
+            f"local POD pools image maps (B, C, h, w) along their width and height; got a "
+            f"{x.dim()}-D tensor {tuple(x.shape)}. Point clouds (B, C, N) have no such axes: "
+            "use a method without POD for them"
+        )
+
+
 def local_pod_embedding(x: torch.Tensor, scales: Sequence[int] = (1, 2, 4)) -> torch.Tensor:
     """(B, C, h, w) -> (B, D) with D = sum_s s*s * C * 2k, k = w // s (cells in row-major order,
     each cell contributing its width-pooled then its height-pooled C*k values)."""
+    _check_image_map(x)
     b, c = x.shape[:2]
     w = x.shape[-1]
     if w < max(scales) or x.shape[-2] < w:
@@ -100,6 +110,8 @@ def pod_loss(
             f"pod_loss needs as many teacher maps, student maps and factors "
             f"(got {len(old_maps)}, {len(new_maps)}, {len(factors)})"
         )
+    for x in (*old_maps, *new_maps):
+        _check_image_map(x)
     schedule = math.sqrt(num_seen / num_new)
     total = new_maps[0].new_zeros((), dtype=torch.float32)
     for a, b, factor in zip(old_maps, new_maps, factors, strict=True):

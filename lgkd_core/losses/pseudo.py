@@ -215,7 +215,8 @@ def pseudo_label_entropy(
     """Replace background pixels by confident teacher predictions.
 
     teacher_logits: (B, C_old, H, W) at the labels' resolution; labels: (B, H, W) int64
-    (0 / old = background, new classes, ``ignore_index``); thresholds: (C_old,).
+    (0 / old = background, new classes, ``ignore_index``); thresholds: (C_old,). Point clouds:
+    (B, C_old, N) and (B, N) (any trailing shape ``*``; the factor sums over it).
     Background pixels with ``u < thresholds[argmax]`` take the teacher's argmax, the other
     background pixels become ``ignore_index``. Returns (new labels (B, H, W), adaptive factor
     (B,) = accepted background pixels / (background pixels + 1e-6)).
@@ -226,6 +227,7 @@ def pseudo_label_entropy(
     accepted = background & (u < thresholds.to(u.device)[pred])
     new_labels = torch.where(background, torch.full_like(labels, ignore_index), labels)
     new_labels = torch.where(accepted, pred, new_labels)
-    num = accepted.float().sum(dim=(1, 2))
-    den = background.float().sum(dim=(1, 2))
+    per_sample = tuple(range(1, labels.dim()))
+    num = accepted.float().sum(dim=per_sample)
+    den = background.float().sum(dim=per_sample)
     return new_labels, num / (den + 1e-6)
