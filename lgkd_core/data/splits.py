@@ -11,7 +11,9 @@ Rules (reference ``filter_images``), with ``new`` = this step's classes without 
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,6 +24,8 @@ from lgkd_core.data.labels import IGNORE, check_mask_values, invalid_values
 from lgkd_core.data.sources import DataFileError, image_size, open_source, read_mask
 from lgkd_core.io import write_ids
 from lgkd_core.tasks import Task, get_task
+
+log = logging.getLogger(__name__)
 
 SHOWCASE_FILE = "showcase.txt"  # beside the step lists: the predictions figure's images
 
@@ -44,14 +48,37 @@ def _scan_pair(pair: tuple[Path, Path]) -> tuple[frozenset[int], tuple[int, int]
     return labels, (mask.shape[1], mask.shape[0]), image_size(image_path)
 
 
-def _parallel_map(fn: Callable, items: Sequence, workers: int) -> list:
-    """``[fn(x) for x in items]`` over ``workers`` processes (0: one per core), in order."""
+def _parallel_map(fn: Callable, items: Sequence, workers: int, what: str = "") -> list:
+    """``[fn(x) for x in items]`` over ``workers`` processes (0: one per core), in order.
+
+    With ``what``, progress: a bar on a terminal, else a log line every tenth of the items."""
     workers = workers or os.cpu_count() or 1
+    done: list = []
+    bar = None
+    if what and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc=what, unit="file")
+    every = max(1, len(items) // 10)
+
+    def tick(result) -> None:
+        done.append(result)
+        if bar is not None:
+            bar.update(1)
+        elif what and (len(done) % every == 0 or len(done) == len(items)):
+            log.info("%s: %d/%d", what, len(done), len(items))
+
     if workers <= 1 or len(items) < 2 * workers:
-        return [fn(x) for x in items]
-    chunksize = max(1, len(items) // (workers * 8))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, items, chunksize=chunksize))
+        for x in items:
+            tick(fn(x))
+    else:
+        chunksize = max(1, len(items) // (workers * 8))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(fn, items, chunksize=chunksize):
+                tick(result)
+    if bar is not None:
+        bar.close()
+    return done
 
 
 def mask_label_sets(mask_paths: Sequence[Path | str], workers: int = 0) -> list[frozenset[int]]:
@@ -145,7 +172,7 @@ def prepare_splits(
     for split in ("train", "val"):
         ids[split] = source.ids(split)
         pairs = [(source.image_path(split, i), source.mask_path(split, i)) for i in ids[split]]
-        scans = _parallel_map(_scan_pair, pairs, workers)
+        scans = _parallel_map(_scan_pair, pairs, workers, f"{split} masks scanned")
         for (image_path, mask_path), (labels, mask_wh, image_wh) in zip(pairs, scans, strict=True):
             check_mask_values(labels, task, mask_path)
             if mask_wh != image_wh:
