@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: demo test test-fast lint install clean-results
+.PHONY: demo demo-seeds test test-fast lint install clean-results
 
 $(STAMP): envs/requirements.txt envs/requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/default
+	$(PY) -m lgkd_core report print results/*/compare.csv
+	@echo "every table and figure: results/report.html"
+
+# The README's mean +- std: LGKD, FT and MiB+LGKD on the embedded 15-1 over seeds 1, 2, 3.
+SEEDS := synthetic_15-1_seeds synthetic_15-1_ft_seeds synthetic_15-1_mib-lgkd_seeds
+demo-seeds: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --profile profiles/default $(SEEDS:%=results/%/table.csv)
+	$(PY) -m lgkd_core report summary --out results/seeds_summary.csv \
+		--table $(foreach s,$(SEEDS),$(s)=results/$(s)/table.csv)
+	$(PY) -m lgkd_core report print results/seeds_summary.csv
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
