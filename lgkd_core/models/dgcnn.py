@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from lgkd_core.models.norm import make_norm
+from lgkd_core.models.segmenter import StepClassifiers, check_classes_per_step
 
 KNN_ON = ("xyz", "all")
 LEAKY_SLOPE = 0.2
@@ -199,7 +200,7 @@ class PointFeatures:
     logits_small: torch.Tensor
 
 
-class IncrementalPointSegmenter(nn.Module):
+class IncrementalPointSegmenter(StepClassifiers):
     """``body`` (DGCNN) -> dropout -> classifiers ``cls.0, cls.1, ...`` (one per step).
 
     forward(x: (B, F, N)) -> logits (B, C, N), or with ``return_features=True`` the pair
@@ -211,31 +212,14 @@ class IncrementalPointSegmenter(nn.Module):
 
     def __init__(self, body: DGCNN, classes_per_step: list[int], dropout: float = 0.0) -> None:
         super().__init__()
-        if not classes_per_step or any(int(n) < 1 for n in classes_per_step):
-            raise ValueError(f"classes_per_step must be positive counts, got {classes_per_step}")
+        check_classes_per_step(classes_per_step)
         self.body = body
         self.feature_channels = body.out_channels
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.cls = nn.ModuleList(
-            [nn.Conv1d(self.feature_channels, int(n), 1) for n in classes_per_step]
-        )
+        self.cls = nn.ModuleList([self.new_classifier(int(n)) for n in classes_per_step])
 
-    @property
-    def classes_per_step(self) -> list[int]:
-        return [int(c.out_channels) for c in self.cls]
-
-    @property
-    def num_classes(self) -> int:
-        return sum(self.classes_per_step)
-
-    def add_step(self, num_new: int) -> nn.Conv1d:
-        """Append a classifier for ``num_new`` classes (default init), on the model's device."""
-        if num_new < 1:
-            raise ValueError(f"a step adds at least one class, got {num_new}")
-        ref = self.cls[0].weight
-        conv = nn.Conv1d(self.feature_channels, num_new, 1).to(device=ref.device, dtype=ref.dtype)
-        self.cls.append(conv)
-        return conv
+    def new_classifier(self, num: int) -> nn.Conv1d:
+        return nn.Conv1d(self.feature_channels, num, 1)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         stages, feats = self.body(x)

@@ -28,23 +28,19 @@ class Features:
     logits_small: torch.Tensor
 
 
-class IncrementalSegmenter(nn.Module):
-    """``body`` -> ``head`` -> classifiers ``cls.0, cls.1, ...`` (one per step, in class order).
+def check_classes_per_step(classes_per_step: list[int]) -> None:
+    if not classes_per_step or any(int(n) < 1 for n in classes_per_step):
+        raise ValueError(f"classes_per_step must be positive counts, got {classes_per_step}")
 
-    forward(x: (B, 3, H, W)) -> logits (B, C, H, W) (bilinear, align_corners=False), or with
-    ``return_features=True`` the pair (logits, Features). C = sum of ``classes_per_step``.
-    """
 
-    def __init__(self, body: ResNet, head: nn.Module, classes_per_step: list[int]) -> None:
-        super().__init__()
-        if not classes_per_step or any(int(n) < 1 for n in classes_per_step):
-            raise ValueError(f"classes_per_step must be positive counts, got {classes_per_step}")
-        self.body = body
-        self.head = head
-        self.head_channels = head.red_conv.out_channels
-        self.cls = nn.ModuleList(
-            [nn.Conv2d(self.head_channels, int(n), 1) for n in classes_per_step]
-        )
+class StepClassifiers(nn.Module):
+    """The per-step classifier mechanics shared by the image and the point segmenter: ``cls`` is
+    a ModuleList of one 1x1 convolution per step (made by the subclass's ``new_classifier``)."""
+
+    cls: nn.ModuleList
+
+    def new_classifier(self, num: int) -> nn.Module:
+        raise NotImplementedError
 
     @property
     def classes_per_step(self) -> list[int]:
@@ -54,14 +50,33 @@ class IncrementalSegmenter(nn.Module):
     def num_classes(self) -> int:
         return sum(self.classes_per_step)
 
-    def add_step(self, num_new: int) -> nn.Conv2d:
+    def add_step(self, num_new: int) -> nn.Module:
         """Append a classifier for ``num_new`` classes (default init), on the model's device."""
         if num_new < 1:
             raise ValueError(f"a step adds at least one class, got {num_new}")
         ref = self.cls[0].weight
-        conv = nn.Conv2d(self.head_channels, num_new, 1).to(device=ref.device, dtype=ref.dtype)
+        conv = self.new_classifier(num_new).to(device=ref.device, dtype=ref.dtype)
         self.cls.append(conv)
         return conv
+
+
+class IncrementalSegmenter(StepClassifiers):
+    """``body`` -> ``head`` -> classifiers ``cls.0, cls.1, ...`` (one per step, in class order).
+
+    forward(x: (B, 3, H, W)) -> logits (B, C, H, W) (bilinear, align_corners=False), or with
+    ``return_features=True`` the pair (logits, Features). C = sum of ``classes_per_step``.
+    """
+
+    def __init__(self, body: ResNet, head: nn.Module, classes_per_step: list[int]) -> None:
+        super().__init__()
+        check_classes_per_step(classes_per_step)
+        self.body = body
+        self.head = head
+        self.head_channels = head.red_conv.out_channels
+        self.cls = nn.ModuleList([self.new_classifier(int(n)) for n in classes_per_step])
+
+    def new_classifier(self, num: int) -> nn.Conv2d:
+        return nn.Conv2d(self.head_channels, num, 1)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         body, pre = self.body(x)
