@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +36,7 @@ from PIL import Image, ImageDraw
 from lgkd_core.data.palettes import voc_palette
 from lgkd_core.io import atomic_write_text
 from lgkd_core.tasks import SYNTHETIC_CLASSES
+from lgkd_core.workers import num_workers
 
 log = logging.getLogger(__name__)
 
@@ -354,15 +354,6 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     return [(a, min(n, a + step)) for a in range(0, n, step)]
 
 
-def _num_workers(workers: int) -> int:
-    if workers > 0:
-        return workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def synthesize(
     out: Path,
     seed: int = 0,
@@ -392,7 +383,7 @@ def synthesize(
     for sub in (IMAGE_DIR, MASK_DIR, LIST_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
     counts = {"train": n_train, "val": n_val}
-    nproc = _num_workers(workers)
+    nproc = num_workers(workers)
     jobs = [
         (str(out), seed, split, a, b, size)
         for split in SPLITS

@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -45,6 +44,7 @@ from lgkd_core.data.points.blocks import (
 from lgkd_core.data.points.errors import PointDataWarning
 from lgkd_core.data.points_classes import POINT_CLASSES
 from lgkd_core.io import atomic_write_bytes, atomic_write_json
+from lgkd_core.workers import num_workers
 
 log = logging.getLogger("lgkd_core.prepare_points")
 
@@ -109,15 +109,6 @@ def _remove_stale(index_path: Path, blocks_dir: Path, keep: set[str]) -> None:
     for b in old.get("blocks", []):
         if b.get("name") not in keep:
             (blocks_dir / f"{b['name']}.npy").unlink(missing_ok=True)
-
-
-def _num_workers(workers: int) -> int:
-    if workers > 0:
-        return workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _run_jobs(jobs: list[tuple], workers: int) -> Iterator[tuple[dict, list[str]]]:
@@ -222,7 +213,7 @@ def prepare_points(
     jobs = [(dataset, s, str(scenes[s]), str(out), settings, label_map) for s in pending]
     progress = _Progress(len(scenes), len(scenes) - len(pending))
     try:
-        for index, texts in _run_jobs(jobs, _num_workers(workers)):
+        for index, texts in _run_jobs(jobs, num_workers(workers)):
             for text in texts:
                 warnings.warn(text, PointDataWarning, stacklevel=2)
             progress.step(index["scene"])
