@@ -80,9 +80,13 @@ def _missing(path: Path) -> str:
     return f'<p class="missing">{html.escape(str(path))} is missing (not built yet).</p>'
 
 
-def _figure(path: Path, kind: str, captions: Mapping[str, str], **wildcards: str) -> str:
+def _figure(
+    path: Path, kind: str, captions: Mapping[str, str], embedded: list[Path], **wildcards: str
+) -> str:
+    """The figure with its caption; ``path`` is appended to ``embedded`` when it is shown."""
     if not path.is_file():
         return _missing(path)
+    embedded.append(path)
     caption = _caption(captions, kind, **wildcards)
     return f"<figure>{_image(path, path.name)}<figcaption>{caption}</figcaption></figure>"
 
@@ -126,8 +130,14 @@ def _provenance(run_dir: Path) -> str:
     return f"<p>Provenance of step {steps[-1][0]}:</p><dl>{''.join(rows)}</dl>"
 
 
-def run_section(results: Path, run: str, captions: Mapping[str, str], heading: str = "h3") -> str:
-    """One run (or sweep): table, figures, provenance."""
+def run_section(
+    results: Path,
+    run: str,
+    captions: Mapping[str, str],
+    embedded: list[Path],
+    heading: str = "h3",
+) -> str:
+    """One run (or sweep): table, figures (appended to ``embedded``), provenance."""
     run_dir = results / run
     parts = [f'<{heading} id="{html.escape(run)}">{html.escape(run)}</{heading}>']
     parts.append(_table(run_dir / "table.csv", RUN_COLUMNS))
@@ -136,7 +146,7 @@ def run_section(results: Path, run: str, captions: Mapping[str, str], heading: s
     for kind in RUN_FIGURES:
         path = run_dir / f"{kind}.png"
         if kind == "miou" or not is_sweep:
-            parts.append(_figure(path, kind, captions, run=run))
+            parts.append(_figure(path, kind, captions, embedded, run=run))
     parts.append(_provenance(run_dir))
     return "\n".join(parts)
 
@@ -156,6 +166,7 @@ def build_report(
     results = Path(results)
     settings = settings or {}
     captions = captions or {}
+    embedded: list[Path] = []
     body = [f"<h1>{html.escape(title)}</h1>"]
     toc = [f'<li><a href="#{html.escape(n)}">{html.escape(n)}</a></li>' for n in settings]
     toc += [f'<li><a href="#{html.escape(n)}">{html.escape(n)}</a></li>' for n in experiments]
@@ -163,12 +174,11 @@ def build_report(
     for setting, runs in settings.items():
         body.append(f'<h2 id="{html.escape(setting)}">Setting {html.escape(setting)}</h2>')
         body.append(_table(results / setting / "compare.csv"))
-        body.append(
-            _figure(results / setting / "compare.png", "compare", captions, setting=setting)
-        )
-        body.extend(run_section(results, run, captions) for run in runs)
+        compare = results / setting / "compare.png"
+        body.append(_figure(compare, "compare", captions, embedded, setting=setting))
+        body.extend(run_section(results, run, captions, embedded) for run in runs)
     for name in experiments:
-        body.append(run_section(results, name, captions, heading="h2"))
+        body.append(run_section(results, name, captions, embedded, heading="h2"))
     summary = results / "summary.csv"
     if summary.is_file():
         body.append("<h2>Summary</h2>" + _table(summary))
@@ -180,15 +190,4 @@ def build_report(
         + "\n</body></html>\n"
     )
     atomic_write_text(Path(out), page)
-    return _embedded(results, settings, experiments)
-
-
-def _embedded(
-    results: Path, settings: Mapping[str, Sequence[str]], experiments: Sequence[str]
-) -> list[Path]:
-    paths = []
-    for setting, runs in settings.items():
-        paths.append(results / setting / "compare.png")
-        paths += [results / r / f"{k}.png" for r in runs for k in RUN_FIGURES]
-    paths += [results / e / f"{k}.png" for e in experiments for k in RUN_FIGURES]
-    return [p for p in paths if p.is_file()]
+    return embedded

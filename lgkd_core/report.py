@@ -460,12 +460,13 @@ def run(args: argparse.Namespace) -> int:
 
             if args.class_iou:
                 figures.plot_class_iou(table, args.class_iou, args.title)
-            if args.confusion:
+            if args.confusion or args.predictions_png:
                 payloads = [json.loads(Path(m).read_text()) for m in args.metrics]
                 final = max(payloads, key=lambda p: p["step"])
+            if args.confusion:
                 figures.plot_confusion(final, args.confusion, args.title)
             if args.predictions_png:
-                dataset = args.dataset or json.loads(Path(args.metrics[0]).read_text())["dataset"]
+                dataset = args.dataset or final["dataset"]
                 figures.plot_predictions(
                     args.predictions, dataset, args.predictions_png, args.title
                 )
